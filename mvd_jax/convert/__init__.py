@@ -1,0 +1,12 @@
+"""Checkpoint import/export: diffusers folders and SGM single files ↔ NNX modules."""
+from mvd_jax.convert.diffusers_unet import (
+    CheckpointMismatchError,
+    load_unet,
+    read_unet_checkpoint,
+    save_unet_diffusers,
+    unet_from_tensors,
+    unet_to_tensors,
+)
+
+__all__ = ["CheckpointMismatchError", "load_unet", "read_unet_checkpoint", "save_unet_diffusers",
+           "unet_from_tensors", "unet_to_tensors"]

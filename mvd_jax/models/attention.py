@@ -1,0 +1,122 @@
+"""Attention and transformer blocks of the SVD UNet (diffusers' `attention.py` / `attention_processor.py`).
+
+Shapes are (batch, tokens, channels). Names mirror diffusers: `attn1` self-attention, `attn2`
+cross-attention, `to_out[0]` the output projection, `ff.net[0].proj` the GEGLU input projection and
+`ff.net[2]` the output projection (index 1 is diffusers' parameterless Dropout).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mvd_jax.models.layers import Identity, LayerNorm, Linear
+
+
+class Attention(nnx.Module):
+    """Multi-head attention without q/k/v bias and with an output bias (diffusers' defaults for SVD)."""
+
+    def __init__(self, query_dim: int, *, heads: int, dim_head: int, cross_attention_dim: int | None = None,
+                 rngs: nnx.Rngs):
+        inner = heads * dim_head
+        kv_dim = cross_attention_dim or query_dim
+        self.heads = heads
+        self.dim_head = dim_head
+        self.to_q = Linear(query_dim, inner, use_bias=False, axes=("embed", "heads"), rngs=rngs)
+        self.to_k = Linear(kv_dim, inner, use_bias=False, axes=("embed", "heads"), rngs=rngs)
+        self.to_v = Linear(kv_dim, inner, use_bias=False, axes=("embed", "heads"), rngs=rngs)
+        self.to_out = nnx.List([Linear(inner, query_dim, axes=("heads", "embed"), rngs=rngs)])
+
+    def __call__(self, x, context=None):
+        context = x if context is None else context
+        b, n, _ = x.shape
+        split = lambda t: t.reshape(t.shape[0], t.shape[1], self.heads, self.dim_head)
+        q, k, v = split(self.to_q(x)), split(self.to_k(context)), split(self.to_v(context))
+        # softmax(q kᵀ / sqrt(d)) v, the same math as torch's scaled_dot_product_attention.
+        out = jax.nn.dot_product_attention(q, k, v)
+        return self.to_out[0](out.reshape(b, n, self.heads * self.dim_head))
+
+
+class GEGLU(nnx.Module):
+    """proj(x) split in two halves (h, gate); returns h · GELU(gate) with the exact (erf) GELU."""
+
+    def __init__(self, dim_in: int, dim_out: int, *, rngs: nnx.Rngs):
+        self.proj = Linear(dim_in, 2 * dim_out, rngs=rngs)
+
+    def __call__(self, x):
+        h, gate = jnp.split(self.proj(x), 2, axis=-1)
+        return h * jax.nn.gelu(gate, approximate=False)
+
+
+class FeedForward(nnx.Module):
+    """GEGLU feed-forward with inner width mult·dim: net = [GEGLU, Dropout(=identity), Linear]."""
+
+    def __init__(self, dim: int, *, dim_out: int | None = None, mult: int = 4, rngs: nnx.Rngs):
+        inner = dim * mult
+        self.net = nnx.List([
+            GEGLU(dim, inner, rngs=rngs),
+            Identity(),
+            Linear(inner, dim_out or dim, axes=("mlp", "embed"), rngs=rngs),
+        ])
+
+    def __call__(self, x):
+        for layer in self.net:
+            x = layer(x)
+        return x
+
+
+class BasicTransformerBlock(nnx.Module):
+    """Spatial block: LN → self-attn → LN → cross-attn(context) → LN → GEGLU FF, each residual."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, *, cross_attention_dim: int, rngs: nnx.Rngs):
+        self.norm1 = LayerNorm(dim, rngs=rngs)
+        self.attn1 = Attention(dim, heads=heads, dim_head=dim_head, rngs=rngs)
+        self.norm2 = LayerNorm(dim, rngs=rngs)
+        self.attn2 = Attention(dim, heads=heads, dim_head=dim_head, cross_attention_dim=cross_attention_dim, rngs=rngs)
+        self.norm3 = LayerNorm(dim, rngs=rngs)
+        self.ff = FeedForward(dim, rngs=rngs)
+
+    def __call__(self, x, context):
+        x = self.attn1(self.norm1(x)) + x
+        x = self.attn2(self.norm2(x), context) + x
+        return self.ff(self.norm3(x)) + x
+
+
+class TemporalBasicTransformerBlock(nnx.Module):
+    """Temporal block: attention runs over the frame axis at every spatial position.
+
+    Input (B·T, S, C) is regrouped to (B·S, T, C); then LN → ff_in (GEGLU, residual when widths match)
+    → LN → self-attn over T → LN → cross-attn to `context` (B·S, 1, D) → LN → FF; regrouped back.
+    """
+
+    def __init__(self, dim: int, time_mix_inner_dim: int, heads: int, dim_head: int, *,
+                 cross_attention_dim: int | None, rngs: nnx.Rngs):
+        self.is_res = dim == time_mix_inner_dim
+        self.norm_in = LayerNorm(dim, rngs=rngs)
+        self.ff_in = FeedForward(dim, dim_out=time_mix_inner_dim, rngs=rngs)
+        self.norm1 = LayerNorm(time_mix_inner_dim, rngs=rngs)
+        self.attn1 = Attention(time_mix_inner_dim, heads=heads, dim_head=dim_head, rngs=rngs)
+        if cross_attention_dim is not None:
+            self.norm2 = LayerNorm(time_mix_inner_dim, rngs=rngs)
+            self.attn2 = Attention(time_mix_inner_dim, heads=heads, dim_head=dim_head,
+                                   cross_attention_dim=cross_attention_dim, rngs=rngs)
+        else:
+            self.norm2 = self.attn2 = None
+        self.norm3 = LayerNorm(time_mix_inner_dim, rngs=rngs)
+        self.ff = FeedForward(time_mix_inner_dim, rngs=rngs)
+
+    def __call__(self, x, num_frames: int, context=None):
+        bt, s, c = x.shape
+        b = bt // num_frames
+        x = x.reshape(b, num_frames, s, c).transpose(0, 2, 1, 3).reshape(b * s, num_frames, c)
+
+        h = self.ff_in(self.norm_in(x))
+        x = h + x if self.is_res else h
+        x = self.attn1(self.norm1(x)) + x
+        if self.attn2 is not None:
+            x = self.attn2(self.norm2(x), context) + x
+        h = self.ff(self.norm3(x))
+        x = h + x if self.is_res else h
+
+        c = x.shape[-1]
+        return x.reshape(b, s, num_frames, c).transpose(0, 2, 1, 3).reshape(b * num_frames, s, c)

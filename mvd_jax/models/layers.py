@@ -1,0 +1,155 @@
+"""Basic layers of the SVD UNet, channels-last, with parameters named for the checkpoint converter.
+
+Parameter names follow Flax (`kernel`, `bias`, `scale`); the converter maps them to diffusers'
+(`weight`, `bias`) with a fixed layout transpose (see `mvd_jax.convert.diffusers_unet`).
+Every parameter carries logical axis names (`out_sharding` metadata) so a mesh plus rules in the
+training config decide placement. Parameters are never sharded eagerly at construction
+(`eager_sharding=False`): the trainer places them with `jax.jit(..., out_shardings=...)`, so building a
+model needs no mesh.
+
+Convolutions take explicit PyTorch-style symmetric padding. XLA's 'SAME' pads a stride-2 conv on an
+even input as (0, 1), PyTorch's `padding=1` as (1, 1): they give different numbers.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Axes = tuple[str | None, ...]
+
+
+def param(rngs: nnx.Rngs, init, shape: Sequence[int], axes: Axes, dtype=jnp.float32) -> nnx.Param:
+    """A parameter with logical axis names and no eager sharding."""
+    return nnx.Param(init(rngs.params(), tuple(shape), dtype), out_sharding=axes, eager_sharding=False)
+
+
+def _torch_default_init(fan_in: int):
+    """PyTorch's default Linear/Conv init (uniform ±1/sqrt(fan_in)), so fresh models look like diffusers'."""
+    bound = 1.0 / np.sqrt(max(fan_in, 1))
+
+    def init(key, shape, dtype):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class Linear(nnx.Module):
+    """y = x @ kernel + bias.  kernel: (in_features, out_features) = torch weight transposed."""
+
+    def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs, use_bias: bool = True,
+                 axes: Axes = ("embed", "mlp")):
+        init = _torch_default_init(in_features)
+        self.kernel = param(rngs, init, (in_features, out_features), axes)
+        self.bias = param(rngs, init, (out_features,), (axes[1],)) if use_bias else None
+
+    def __call__(self, x):
+        y = jnp.matmul(x, self.kernel[...].astype(x.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(x.dtype)
+        return y
+
+
+class Conv(nnx.Module):
+    """N-d convolution over the axes between batch and channels (channels-last).
+
+    kernel: (*kernel_size, in_features, out_features) = torch weight (out, in, *k) moved to the back.
+    `padding` is per spatial axis, symmetric, as in torch (`padding=1` → ((1, 1), (1, 1))).
+    """
+
+    def __init__(self, in_features: int, out_features: int, kernel_size: Sequence[int], *, rngs: nnx.Rngs,
+                 strides: Sequence[int] | None = None, padding: Sequence[int] | None = None):
+        kernel_size = tuple(kernel_size)
+        fan_in = in_features * int(np.prod(kernel_size))
+        init = _torch_default_init(fan_in)
+        spatial_axes = (None,) * len(kernel_size)
+        self.kernel = param(rngs, init, (*kernel_size, in_features, out_features), (*spatial_axes, "conv_in", "conv_out"))
+        self.bias = param(rngs, init, (out_features,), ("conv_out",))
+        self.strides = tuple(strides) if strides is not None else (1,) * len(kernel_size)
+        pad = tuple(padding) if padding is not None else tuple(k // 2 for k in kernel_size)
+        self.padding = tuple((p, p) for p in pad)
+
+    def __call__(self, x):
+        n = len(self.strides)
+        spec = "N" + "DHW"[-n:] + "C"
+        dn = jax.lax.conv_dimension_numbers(x.shape, self.kernel.shape, (spec, "DHW"[-n:] + "IO", spec))
+        y = jax.lax.conv_general_dilated(
+            x, self.kernel[...].astype(x.dtype), window_strides=self.strides, padding=self.padding,
+            dimension_numbers=dn)
+        return y + self.bias[...].astype(x.dtype)
+
+
+def _normalize(x, axes, eps):
+    # Two-pass variance in float32 (as torch does), not E[x²]−E[x]²: the latter loses digits.
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=axes, keepdims=True)
+    return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+class GroupNorm(nnx.Module):
+    """torch.nn.GroupNorm on channels-last input: statistics over every axis but the batch (first) one,
+    per group of channels. On a (B, T, H, W, C) input the statistics span all frames, exactly like
+    torch's GroupNorm on (B, C, T, H, W) inside the temporal res-block."""
+
+    def __init__(self, num_channels: int, *, num_groups: int = 32, eps: float = 1e-5, rngs: nnx.Rngs):
+        self.num_groups = num_groups
+        self.eps = eps
+        self.scale = param(rngs, nnx.initializers.ones, (num_channels,), ("norm",))
+        self.bias = param(rngs, nnx.initializers.zeros, (num_channels,), ("norm",))
+
+    def __call__(self, x):
+        c = x.shape[-1]
+        g = x.reshape(*x.shape[:-1], self.num_groups, c // self.num_groups)
+        reduce_axes = tuple(range(1, g.ndim - 2)) + (g.ndim - 1,)
+        y = _normalize(g, reduce_axes, self.eps).reshape(x.shape)
+        return y * self.scale[...].astype(x.dtype) + self.bias[...].astype(x.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """torch.nn.LayerNorm over the last axis."""
+
+    def __init__(self, num_features: int, *, eps: float = 1e-5, rngs: nnx.Rngs):
+        self.eps = eps
+        self.scale = param(rngs, nnx.initializers.ones, (num_features,), ("norm",))
+        self.bias = param(rngs, nnx.initializers.zeros, (num_features,), ("norm",))
+
+    def __call__(self, x):
+        y = _normalize(x, (-1,), self.eps)
+        return y * self.scale[...].astype(x.dtype) + self.bias[...].astype(x.dtype)
+
+
+class Identity(nnx.Module):
+    """Stands where diffusers has a parameterless module (Dropout at p=0) so list indices match its names."""
+
+    def __call__(self, x):
+        return x
+
+
+def timestep_embedding(timesteps, dim: int, *, flip_sin_to_cos: bool = True, downscale_freq_shift: float = 0.0,
+                       max_period: float = 10000.0):
+    """diffusers' `get_timestep_embedding`: sinusoids of `timesteps` (any shape (N,)) → (N, dim), float32."""
+    half = dim // 2
+    exponent = -np.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - downscale_freq_shift)
+    freqs = jnp.exp(exponent)
+    args = jnp.asarray(timesteps, jnp.float32)[:, None] * freqs[None, :]
+    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+    if flip_sin_to_cos:
+        emb = jnp.concatenate([emb[:, half:], emb[:, :half]], axis=-1)
+    if dim % 2:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+class TimestepEmbedding(nnx.Module):
+    """diffusers' TimestepEmbedding: linear_1 → SiLU → linear_2."""
+
+    def __init__(self, in_channels: int, time_embed_dim: int, *, out_dim: int | None = None, rngs: nnx.Rngs):
+        self.linear_1 = Linear(in_channels, time_embed_dim, rngs=rngs)
+        self.linear_2 = Linear(time_embed_dim, out_dim or time_embed_dim, rngs=rngs)
+
+    def __call__(self, x):
+        return self.linear_2(jax.nn.silu(self.linear_1(x)))

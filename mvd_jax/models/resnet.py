@@ -1,0 +1,127 @@
+"""Res-blocks, the spatial/temporal blender and the resamplers of the SVD UNet (diffusers' `resnet.py`,
+`downsampling.py`, `upsampling.py`), channels-last.
+
+Shapes: spatial layers see frames folded into the batch, (B·T, H, W, C); temporal layers see
+(B, T, H, W, C). `image_only_indicator` is (B, T), 1 where a frame is to be treated as a still image.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mvd_jax.models.layers import Conv, GroupNorm, Linear
+
+
+class ResnetBlock2D(nnx.Module):
+    """GroupNorm → SiLU → conv3×3 → + Linear(SiLU(temb)) → GroupNorm → SiLU → conv3×3, plus (1×1-conv) shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, temb_channels: int, *, eps: float, rngs: nnx.Rngs):
+        self.norm1 = GroupNorm(in_channels, eps=eps, rngs=rngs)
+        self.conv1 = Conv(in_channels, out_channels, (3, 3), rngs=rngs)
+        self.time_emb_proj = Linear(temb_channels, out_channels, rngs=rngs)
+        self.norm2 = GroupNorm(out_channels, eps=eps, rngs=rngs)
+        self.conv2 = Conv(out_channels, out_channels, (3, 3), rngs=rngs)
+        self.conv_shortcut = Conv(in_channels, out_channels, (1, 1), rngs=rngs) if in_channels != out_channels else None
+
+    def __call__(self, x, temb):
+        h = self.conv1(jax.nn.silu(self.norm1(x)))
+        h = h + self.time_emb_proj(jax.nn.silu(temb))[:, None, None, :]
+        h = self.conv2(jax.nn.silu(self.norm2(h)))
+        shortcut = self.conv_shortcut(x) if self.conv_shortcut is not None else x
+        return shortcut + h
+
+
+class TemporalResnetBlock(nnx.Module):
+    """Like ResnetBlock2D but with Conv3d kernels (3, 1, 1): mixes each pixel across neighbouring frames.
+
+    GroupNorm statistics span all frames of a clip (torch GroupNorm on (B, C, T, H, W)).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, temb_channels: int, *, eps: float, rngs: nnx.Rngs):
+        self.norm1 = GroupNorm(in_channels, eps=eps, rngs=rngs)
+        self.conv1 = Conv(in_channels, out_channels, (3, 1, 1), padding=(1, 0, 0), rngs=rngs)
+        self.time_emb_proj = Linear(temb_channels, out_channels, rngs=rngs)
+        self.norm2 = GroupNorm(out_channels, eps=eps, rngs=rngs)
+        self.conv2 = Conv(out_channels, out_channels, (3, 1, 1), padding=(1, 0, 0), rngs=rngs)
+        self.conv_shortcut = (Conv(in_channels, out_channels, (1, 1, 1), rngs=rngs)
+                              if in_channels != out_channels else None)
+
+    def __call__(self, x, temb):
+        # x: (B, T, H, W, C); temb: (B, T, Ct)
+        h = self.conv1(jax.nn.silu(self.norm1(x)))
+        h = h + self.time_emb_proj(jax.nn.silu(temb))[:, :, None, None, :]
+        h = self.conv2(jax.nn.silu(self.norm2(h)))
+        shortcut = self.conv_shortcut(x) if self.conv_shortcut is not None else x
+        return shortcut + h
+
+
+class AlphaBlender(nnx.Module):
+    """merge_strategy "learned_with_images": out = α·x_spatial + (1−α)·x_temporal with α = sigmoid(mix_factor),
+    and α = 1 (spatial only) on frames flagged by image_only_indicator."""
+
+    def __init__(self, alpha: float, *, rngs: nnx.Rngs):
+        del rngs
+        self.mix_factor = nnx.Param(jnp.full((1,), alpha, jnp.float32), out_sharding=(None,), eager_sharding=False)
+
+    def alpha(self, image_only_indicator):
+        """(B, T) blend weights of the spatial branch."""
+        learned = jax.nn.sigmoid(self.mix_factor[...][0])
+        return jnp.where(image_only_indicator.astype(bool), 1.0, learned)
+
+    def __call__(self, x_spatial, x_temporal, image_only_indicator):
+        # x_*: (B, T, ...) — the caller arranges frames on axis 1.
+        a = self.alpha(image_only_indicator).astype(x_spatial.dtype)
+        a = a.reshape(a.shape + (1,) * (x_spatial.ndim - 2))
+        return a * x_spatial + (1.0 - a) * x_temporal
+
+
+class SpatioTemporalResBlock(nnx.Module):
+    """spatial_res_block (per frame) → temporal_res_block (across frames) → time_mixer blend of the two."""
+
+    def __init__(self, in_channels: int, out_channels: int, temb_channels: int, *, eps: float, rngs: nnx.Rngs,
+                 temporal_eps: float | None = None):
+        self.spatial_res_block = ResnetBlock2D(in_channels, out_channels, temb_channels, eps=eps, rngs=rngs)
+        self.temporal_res_block = TemporalResnetBlock(
+            out_channels, out_channels, temb_channels, eps=temporal_eps if temporal_eps is not None else eps, rngs=rngs)
+        self.time_mixer = AlphaBlender(0.5, rngs=rngs)
+
+    def __call__(self, x, temb, image_only_indicator):
+        b, t = image_only_indicator.shape
+        x = self.spatial_res_block(x, temb)
+        x_spatial = x.reshape(b, t, *x.shape[1:])
+        x_temporal = self.temporal_res_block(x_spatial, temb.reshape(b, t, -1))
+        out = self.time_mixer(x_spatial, x_temporal, image_only_indicator)
+        return out.reshape(b * t, *out.shape[2:])
+
+
+class Downsample2D(nnx.Module):
+    """3×3 conv with stride 2 and symmetric padding 1 (torch's `padding=1`)."""
+
+    def __init__(self, channels: int, *, rngs: nnx.Rngs):
+        self.conv = Conv(channels, channels, (3, 3), strides=(2, 2), padding=(1, 1), rngs=rngs)
+
+    def __call__(self, x):
+        return self.conv(x)
+
+
+def resize_nearest(x, size: tuple[int, int]):
+    """torch `F.interpolate(mode="nearest")` on (N, H, W, C): source index = floor(dst · in / out)."""
+    n, h, w, c = x.shape
+    oh, ow = size
+    if (oh, ow) == (2 * h, 2 * w):
+        return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    rows = (jnp.arange(oh) * h) // oh
+    cols = (jnp.arange(ow) * w) // ow
+    return x[:, rows][:, :, cols]
+
+
+class Upsample2D(nnx.Module):
+    """Nearest-neighbour ×2 (or to `output_size`, the size of the skip it meets), then a 3×3 conv."""
+
+    def __init__(self, channels: int, *, rngs: nnx.Rngs):
+        self.conv = Conv(channels, channels, (3, 3), rngs=rngs)
+
+    def __call__(self, x, output_size: tuple[int, int] | None = None):
+        size = output_size if output_size is not None else (2 * x.shape[1], 2 * x.shape[2])
+        return self.conv(resize_nearest(x, size))

@@ -1,0 +1,135 @@
+"""The UNet's configuration, keyed exactly like diffusers' `UNetSpatioTemporalConditionModel` config.
+
+A diffusers `unet/config.json` loads into `UNetConfig.from_dict` unchanged (its bookkeeping keys that
+start with "_" and the unused `sample_size` are accepted and ignored). Any other unknown key is an
+error: a typo must not silently fall back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from mvd_jax.errors import UserError
+
+DOWN_BLOCK_TYPES = ("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal")
+UP_BLOCK_TYPES = ("CrossAttnUpBlockSpatioTemporal", "UpBlockSpatioTemporal")
+GROUPS = 32  # every GroupNorm in the SVD UNet uses 32 groups
+
+# diffusers writes these into config.json; they do not describe the architecture.
+_IGNORED_KEYS = ("sample_size",)
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+    """Architecture of the SVD spatio-temporal UNet. Defaults are SVD's (stable-video-diffusion-img2vid)."""
+
+    in_channels: int = 8
+    out_channels: int = 4
+    down_block_types: tuple[str, ...] = (
+        "CrossAttnDownBlockSpatioTemporal",
+        "CrossAttnDownBlockSpatioTemporal",
+        "CrossAttnDownBlockSpatioTemporal",
+        "DownBlockSpatioTemporal",
+    )
+    up_block_types: tuple[str, ...] = (
+        "UpBlockSpatioTemporal",
+        "CrossAttnUpBlockSpatioTemporal",
+        "CrossAttnUpBlockSpatioTemporal",
+        "CrossAttnUpBlockSpatioTemporal",
+    )
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    addition_time_embed_dim: int = 256
+    projection_class_embeddings_input_dim: int = 768
+    layers_per_block: int | tuple[int, ...] = 2
+    cross_attention_dim: int | tuple[int, ...] = 1024
+    transformer_layers_per_block: int | tuple[int, ...] = 1
+    num_attention_heads: int | tuple[int, ...] = (5, 10, 20, 20)
+    # Only recorded (diffusers uses it for nothing in the forward either); frames come from the input.
+    num_frames: int = 25
+
+    # ---- construction / validation -------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "UNetConfig":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in d if k not in fields and not k.startswith("_") and k not in _IGNORED_KEYS)
+        if unknown:
+            raise UserError(f"unknown UNet config key(s) {unknown}; known keys: {sorted(fields)}")
+        kwargs = {k: _freeze(v) for k, v in d.items() if k in fields}
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, path) -> "UNetConfig":
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except FileNotFoundError:
+            raise UserError(f"config file not found: {path}") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"config file {path} is not valid JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise UserError(f"config file {path} must hold a JSON object")
+        return cls.from_dict(d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """diffusers-compatible dict (lists, not tuples), ready for config.json."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+    def __post_init__(self):
+        n = len(self.block_out_channels)
+        if len(self.down_block_types) != n or len(self.up_block_types) != n:
+            raise UserError(
+                f"down_block_types ({len(self.down_block_types)}), up_block_types ({len(self.up_block_types)}) "
+                f"and block_out_channels ({n}) must have the same length"
+            )
+        for t in self.down_block_types:
+            if t not in DOWN_BLOCK_TYPES:
+                raise UserError(f"unsupported down block type {t!r}; expected one of {DOWN_BLOCK_TYPES}")
+        for t in self.up_block_types:
+            if t not in UP_BLOCK_TYPES:
+                raise UserError(f"unsupported up block type {t!r}; expected one of {UP_BLOCK_TYPES}")
+        for name in ("layers_per_block", "cross_attention_dim", "transformer_layers_per_block", "num_attention_heads"):
+            v = getattr(self, name)
+            if not isinstance(v, int) and len(v) != n:
+                raise UserError(f"{name} has {len(v)} entries, expected {n} (one per block)")
+        for i, c in enumerate(self.block_out_channels):
+            if c % GROUPS:
+                raise UserError(f"block_out_channels[{i}]={c} is not divisible by {GROUPS} (GroupNorm groups)")
+            if c % self.heads[i]:
+                raise UserError(f"block_out_channels[{i}]={c} is not divisible by num_attention_heads {self.heads[i]}")
+        if self.projection_class_embeddings_input_dim % self.addition_time_embed_dim:
+            raise UserError("projection_class_embeddings_input_dim must be a multiple of addition_time_embed_dim")
+
+    # ---- per-block views (diffusers accepts an int or one value per block) -----------------------
+    def _per_block(self, v):
+        return (v,) * len(self.block_out_channels) if isinstance(v, int) else tuple(v)
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return self._per_block(self.layers_per_block)
+
+    @property
+    def heads(self) -> tuple[int, ...]:
+        return self._per_block(self.num_attention_heads)
+
+    @property
+    def context_dims(self) -> tuple[int, ...]:
+        return self._per_block(self.cross_attention_dim)
+
+    @property
+    def transformer_layers(self) -> tuple:
+        return self._per_block(self.transformer_layers_per_block)
+
+    @property
+    def time_embed_dim(self) -> int:
+        return 4 * self.block_out_channels[0]
+
+    @property
+    def num_added_time_ids(self) -> int:
+        return self.projection_class_embeddings_input_dim // self.addition_time_embed_dim
+
+
+def _freeze(v):
+    if isinstance(v, list):
+        return tuple(_freeze(x) for x in v)
+    return v

@@ -1,0 +1,43 @@
+"""mvd_jax: Mobile Video Diffusion (MobileVD) in JAX/Flax NNX.
+
+Pins are exact so a fresh machine reproduces the tested environment. The test extra pins
+torch==2.13.0: that release is the CPU wheel available on our machines; any other torch version
+(or an unpinned one) makes pip download a multi-GB CUDA build.
+"""
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "grain==0.2.18",
+    "ml-collections==1.1.0",
+    "absl-py==2.5.1",
+    "numpy==2.4.6",
+    "ml_dtypes==0.6.0",
+    "safetensors==0.8.0",
+]
+
+TEST = [
+    "pytest==9.2.0",
+    "pytest-xdist==3.8.0",
+    "torch==2.13.0",  # CPU wheel; never unpin (see module docstring)
+    "diffusers==0.42.1",
+    "transformers==5.23.0",
+]
+
+EXPORT = [
+    # Filled in by the export issue (tensorflow-cpu, ai-edge-litert, qai-hub).
+]
+
+setup(
+    name="mvd_jax",
+    version="0.1.0",
+    description="Mobile Video Diffusion (MobileVD) in JAX/Flax NNX: SVD UNet, MobileVD options, training, export",
+    packages=find_packages(include=["mvd_jax", "mvd_jax.*"]),
+    python_requires=">=3.11,<3.12",
+    install_requires=CORE,
+    extras_require={"test": TEST, "export": EXPORT},
+)
