@@ -12,6 +12,8 @@ even input as (0, 1), PyTorch's `padding=1` as (1, 1): they give different numbe
 """
 from __future__ import annotations
 
+import itertools
+import weakref
 from typing import Sequence
 
 import jax
@@ -22,9 +24,24 @@ from flax import nnx
 Axes = tuple[str | None, ...]
 
 
+_param_counts: "weakref.WeakKeyDictionary[nnx.Rngs, itertools.count]" = weakref.WeakKeyDictionary()
+
+
+def _next_param_key(rngs: nnx.Rngs):
+    """The key for the next parameter: fold_in(params stream key, n) with n counted per Rngs object.
+
+    Calling `rngs.params()` would advance the stream's counter Variable; inside `nnx.eval_shape`/`jit`
+    each such update makes JAX 0.10 build an error message by walking the whole trace (flax's
+    set_value probes `tracer.sharding`), which made abstract construction of even a tiny UNet take
+    ~30 s. Counting in Python gives the same determinism (same seed → same weights) at no cost.
+    """
+    n = next(_param_counts.setdefault(rngs, itertools.count()))
+    return jax.random.fold_in(rngs.params.key[...], n)
+
+
 def param(rngs: nnx.Rngs, init, shape: Sequence[int], axes: Axes, dtype=jnp.float32) -> nnx.Param:
     """A parameter with logical axis names and no eager sharding."""
-    return nnx.Param(init(rngs.params(), tuple(shape), dtype), out_sharding=axes, eager_sharding=False)
+    return nnx.Param(init(_next_param_key(rngs), tuple(shape), dtype), out_sharding=axes, eager_sharding=False)
 
 
 def _torch_default_init(fan_in: int):

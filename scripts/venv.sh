@@ -1,0 +1,21 @@
+# Creates or reuses .venv/ at the repository root and installs mvd_jax with the given extras.
+# Usage (sourced): EXTRAS=test . scripts/venv.sh
+# Re-installs only when setup.py or the extras changed (a stamp file records what was installed).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="${PYTHON:-python3.11}"
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+want="$(sha256sum "$ROOT/setup.py" | cut -c1-16)-${EXTRAS:-}"
+stamp="$VENV/.mvd_jax_installed"
+if [ ! -f "$stamp" ] || ! grep -qx -- "$want" "$stamp"; then
+  spec="$ROOT"
+  [ -n "${EXTRAS:-}" ] && spec="$ROOT[${EXTRAS}]"
+  # torch is pinned to the CPU wheel in setup.py's test extra; nothing here may pull a CUDA build.
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$spec"
+  echo "$want" > "$stamp"
+fi
+export PATH="$VENV/bin:$PATH"
