@@ -150,8 +150,11 @@ def timestep_embedding(timesteps, dim: int, *, flip_sin_to_cos: bool = True, dow
                        max_period: float = 10000.0):
     """diffusers' `get_timestep_embedding`: sinusoids of `timesteps` (any shape (N,)) → (N, dim), float32."""
     half = dim // 2
-    exponent = -np.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - downscale_freq_shift)
-    freqs = jnp.exp(exponent)
+    # The exponent in float32 as diffusers computes it, then exp() on the host in float64 rounded to
+    # float32: the correctly rounded frequencies (XLA's float32 exp is off by an ulp on ~10% of them,
+    # which at timestep 127 already moves the sinusoid arguments by ~1e-5).
+    exponent = (np.float32(-np.log(max_period)) * np.arange(half, dtype=np.float32)) / np.float32(half - downscale_freq_shift)
+    freqs = jnp.asarray(np.exp(exponent.astype(np.float64)).astype(np.float32))
     args = jnp.asarray(timesteps, jnp.float32)[:, None] * freqs[None, :]
     emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
     if flip_sin_to_cos:

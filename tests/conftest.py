@@ -1,0 +1,46 @@
+"""Shared fixtures: small random diffusers UNets saved to disk, and a jitted JAX forward."""
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(__file__))  # for `import oracle`
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import oracle
+
+
+@pytest.fixture(scope="session")
+def diffusers_unets(tmp_path_factory):
+    """name → (torch model, folder saved with save_pretrained) for each small oracle config; built lazily."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            model = oracle.random_diffusers_unet(oracle.SMALL_CONFIGS[name], seed=len(cache))
+            folder = tmp_path_factory.mktemp(f"diffusers_{name}")
+            model.save_pretrained(folder)
+            cache[name] = (model, folder)
+        return cache[name]
+
+    return get
+
+
+@nnx.jit
+def _jit_forward(model, sample, timestep, context, added_time_ids, image_only_indicator):
+    return model(sample, timestep, context, added_time_ids, image_only_indicator)
+
+
+def jax_forward(model, inputs: dict, image_only_indicator=None) -> np.ndarray:
+    """Runs the JAX UNet on oracle inputs given in diffusers' layout; returns diffusers' layout."""
+    sample = jnp.asarray(inputs["sample"].transpose(0, 1, 3, 4, 2))  # (B,T,C,H,W) → (B,T,H,W,C)
+    b, t = sample.shape[:2]
+    iio = jnp.zeros((b, t)) if image_only_indicator is None else jnp.asarray(image_only_indicator)
+    out = _jit_forward(model, sample, jnp.asarray(inputs["timestep"]), jnp.asarray(inputs["encoder_hidden_states"]),
+                       jnp.asarray(inputs["added_time_ids"]), iio)
+    return np.asarray(out).transpose(0, 1, 4, 2, 3)
