@@ -53,8 +53,8 @@ def test_strided_conv_uses_torch_symmetric_padding():
     x = rng.standard_normal((1, 8, 10, 4)).astype(np.float32)
     conv = Conv(4, 6, (3, 3), strides=(2, 2), padding=(1, 1), rngs=nnx.Rngs(0))
     w = np.asarray(conv.kernel[...]).transpose(3, 2, 0, 1)
-    expected = F.conv2d(torch.from_numpy(x.transpose(0, 3, 1, 2)), torch.from_numpy(w),
-                        torch.from_numpy(np.asarray(conv.bias[...])), stride=2, padding=1).numpy()
+    expected = F.conv2d(torch.tensor(x.transpose(0, 3, 1, 2)), torch.tensor(w),
+                        torch.tensor(np.asarray(conv.bias[...])), stride=2, padding=1).numpy()
     got = np.asarray(conv(jnp.asarray(x))).transpose(0, 3, 1, 2)
     assert got.shape == expected.shape == (1, 6, 4, 5)
     assert oracle.rel_l2(got, expected) < 1e-6
