@@ -116,7 +116,10 @@ def _folder_weights(folder: Path) -> dict[str, np.ndarray]:
     if single.is_file():
         return read_safetensors(single)
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"{index} is not a valid sharded-checkpoint index (no weight_map)") from None
         tensors = {}
         for shard in sorted(set(weight_map.values())):
             tensors.update(read_safetensors(folder / shard))

@@ -56,7 +56,12 @@ class UNetConfig:
         if unknown:
             raise UserError(f"unknown UNet config key(s) {unknown}; known keys: {sorted(fields)}")
         kwargs = {k: _freeze(v) for k, v in d.items() if k in fields}
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as e:  # e.g. a string where a list of ints belongs
+            if isinstance(e, UserError):
+                raise
+            raise UserError(f"invalid UNet config: {e}") from None
 
     @classmethod
     def from_json(cls, path) -> "UNetConfig":
@@ -76,6 +81,11 @@ class UNetConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
     def __post_init__(self):
+        for name in ("in_channels", "out_channels", "addition_time_embed_dim", "projection_class_embeddings_input_dim"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise UserError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not all(isinstance(c, int) and c > 0 for c in self.block_out_channels):
+            raise UserError(f"block_out_channels must be positive integers, got {self.block_out_channels!r}")
         n = len(self.block_out_channels)
         if len(self.down_block_types) != n or len(self.up_block_types) != n:
             raise UserError(
