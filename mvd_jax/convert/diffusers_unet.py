@@ -174,10 +174,24 @@ def read_unet_checkpoint(path, config=None) -> tuple[dict[str, np.ndarray], UNet
     return read_safetensors(path), resolve_config(config), "diffusers"
 
 
+# Parameters that MobileVD adds to an SVD UNet and that start from a fixed value rather than from the
+# checkpoint: the temporal-gate importances (gates.py). A checkpoint may carry them (a run being
+# resumed) or not (an SVD checkpoint entering the gate-learning stage).
+_FRESH_PREFIXES = ("temporal_gates.",)
+
+
+def _fresh_value(name: str, shape: tuple) -> np.ndarray:
+    if name == "temporal_gates.logits":
+        return np.zeros(shape, np.float32)  # all blocks equally important
+    if name == "temporal_gates.scales":
+        return np.ones(shape, np.float32)  # L1 baseline: every block fully on
+    raise KeyError(name)
+
+
 def check_parameters(tensors: dict[str, np.ndarray], config: UNetConfig, source: str) -> None:
     """Raises CheckpointMismatchError naming every missing/unexpected/wrong-shaped parameter."""
     expected = expected_parameters(config)
-    missing = sorted(k for k in expected if k not in tensors)
+    missing = sorted(k for k in expected if k not in tensors and not k.startswith(_FRESH_PREFIXES))
     unexpected = sorted(k for k in tensors if k not in expected)
     wrong = sorted(k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k]))
     if not (missing or unexpected or wrong):
@@ -198,9 +212,10 @@ def unet_from_tensors(tensors: dict[str, np.ndarray], config: UNetConfig, *, sou
     abstract = abstract_unet(config)
     graphdef, state = nnx.split(abstract)
     pure = nnx.to_pure_dict(state)
-    for path, _ in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
+    for path, var in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
         name = diffusers_key(path)
-        value = jnp.asarray(torch_to_jax_layout(name, np.asarray(tensors[name], dtype=np.float32)), dtype)
+        raw = tensors[name] if name in tensors else _fresh_value(name, tuple(var.shape))
+        value = jnp.asarray(torch_to_jax_layout(name, np.asarray(raw, dtype=np.float32)), dtype)
         node = pure
         for p in path[:-1]:
             node = node[p]
@@ -228,7 +243,7 @@ def save_unet_diffusers(model: SpatioTemporalUNet, out_dir) -> Path:
     """Writes `config.json` + `diffusion_pytorch_model.safetensors` that diffusers' from_pretrained loads."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    config = {"_class_name": DIFFUSERS_CLASS, **model.config.to_dict()}
+    config = {"_class_name": DIFFUSERS_CLASS, **model.config.to_diffusers_dict()}
     tmp = out_dir / (WEIGHTS_NAME + ".tmp")
     write_safetensors(tmp, unet_to_tensors(model), metadata={"format": "pt"})
     os.replace(tmp, out_dir / WEIGHTS_NAME)  # never leave a half-written weights file under the real name

@@ -27,6 +27,18 @@ class Attention(nnx.Module):
         self.to_v = Linear(kv_dim, inner, use_bias=False, axes=("embed", "heads"), rngs=rngs)
         self.to_out = nnx.List([Linear(inner, query_dim, axes=("heads", "embed"), rngs=rngs)])
 
+    def single_token(self, context):
+        """Cross-attention to a 1-token context, collapsed (MobileVD's "optimized cross-attention").
+
+        softmax over a single key is identically 1, so every query receives the same row
+        to_out(to_v(c)): the result, (N, 1, C), broadcasts over all query positions. to_q, to_k, QKᵀ,
+        the softmax and A·V drop out of the computation.
+        """
+        if context.shape[1] != 1:
+            raise ValueError(f"collapsed cross-attention needs a 1-token context, got {context.shape[1]} tokens; "
+                             "turn off collapse_cross_attention for multi-token contexts")
+        return self.to_out[0](self.to_v(context))
+
     def __call__(self, x, context=None):
         context = x if context is None else context
         b, n, _ = x.shape
@@ -68,7 +80,9 @@ class FeedForward(nnx.Module):
 class BasicTransformerBlock(nnx.Module):
     """Spatial block: LN → self-attn → LN → cross-attn(context) → LN → GEGLU FF, each residual."""
 
-    def __init__(self, dim: int, heads: int, dim_head: int, *, cross_attention_dim: int, rngs: nnx.Rngs):
+    def __init__(self, dim: int, heads: int, dim_head: int, *, cross_attention_dim: int, rngs: nnx.Rngs,
+                 collapse_cross_attention: bool = False):
+        self.collapse_cross_attention = collapse_cross_attention
         self.norm1 = LayerNorm(dim, rngs=rngs)
         self.attn1 = Attention(dim, heads=heads, dim_head=dim_head, rngs=rngs)
         self.norm2 = LayerNorm(dim, rngs=rngs)
@@ -78,7 +92,10 @@ class BasicTransformerBlock(nnx.Module):
 
     def __call__(self, x, context):
         x = self.attn1(self.norm1(x)) + x
-        x = self.attn2(self.norm2(x), context) + x
+        if self.collapse_cross_attention:  # independent of x: norm2 and the queries drop out
+            x = x + self.attn2.single_token(context)
+        else:
+            x = self.attn2(self.norm2(x), context) + x
         return self.ff(self.norm3(x)) + x
 
 
@@ -90,7 +107,8 @@ class TemporalBasicTransformerBlock(nnx.Module):
     """
 
     def __init__(self, dim: int, time_mix_inner_dim: int, heads: int, dim_head: int, *,
-                 cross_attention_dim: int | None, rngs: nnx.Rngs):
+                 cross_attention_dim: int | None, rngs: nnx.Rngs, collapse_cross_attention: bool = False):
+        self.collapse_cross_attention = collapse_cross_attention
         self.is_res = dim == time_mix_inner_dim
         self.norm_in = LayerNorm(dim, rngs=rngs)
         self.ff_in = FeedForward(dim, dim_out=time_mix_inner_dim, rngs=rngs)
@@ -106,6 +124,8 @@ class TemporalBasicTransformerBlock(nnx.Module):
         self.ff = FeedForward(time_mix_inner_dim, rngs=rngs)
 
     def __call__(self, x, num_frames: int, context=None):
+        """x: (B·T, S, C). context: (B·S, L, D) per position, or with collapse_cross_attention the
+        per-clip (B, 1, D) context, whose collapsed attention output is broadcast to all positions."""
         bt, s, c = x.shape
         b = bt // num_frames
         x = x.reshape(b, num_frames, s, c).transpose(0, 2, 1, 3).reshape(b * s, num_frames, c)
@@ -113,7 +133,9 @@ class TemporalBasicTransformerBlock(nnx.Module):
         h = self.ff_in(self.norm_in(x))
         x = h + x if self.is_res else h
         x = self.attn1(self.norm1(x)) + x
-        if self.attn2 is not None:
+        if self.attn2 is not None and self.collapse_cross_attention:
+            x = (x.reshape(b, s, num_frames, -1) + self.attn2.single_token(context)[:, None]).reshape(x.shape)
+        elif self.attn2 is not None:
             x = self.attn2(self.norm2(x), context) + x
         h = self.ff(self.norm3(x))
         x = h + x if self.is_res else h

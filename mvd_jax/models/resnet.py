@@ -58,7 +58,12 @@ class TemporalResnetBlock(nnx.Module):
 
 class AlphaBlender(nnx.Module):
     """merge_strategy "learned_with_images": out = α·x_spatial + (1−α)·x_temporal with α = sigmoid(mix_factor),
-    and α = 1 (spatial only) on frames flagged by image_only_indicator."""
+    and α = 1 (spatial only) on frames flagged by image_only_indicator.
+
+    An optional temporal-block gate z (MobileVD §2(e), models/gates.py) scales the temporal share:
+    out = x_s + z·(1−α)·(x_t − x_s), computed as z·blend + (1−z)·x_s so that z = 1 gives the ungated
+    blend and z = 0 gives x_s bit for bit (a pruned block is then exactly its spatial half).
+    """
 
     def __init__(self, alpha: float, *, rngs: nnx.Rngs):
         del rngs
@@ -69,29 +74,45 @@ class AlphaBlender(nnx.Module):
         learned = jax.nn.sigmoid(self.mix_factor[...][0])
         return jnp.where(image_only_indicator.astype(bool), 1.0, learned)
 
-    def __call__(self, x_spatial, x_temporal, image_only_indicator):
+    def __call__(self, x_spatial, x_temporal, image_only_indicator, gate=None):
         # x_*: (B, T, ...) — the caller arranges frames on axis 1.
         a = self.alpha(image_only_indicator).astype(x_spatial.dtype)
         a = a.reshape(a.shape + (1,) * (x_spatial.ndim - 2))
-        return a * x_spatial + (1.0 - a) * x_temporal
+        out = a * x_spatial + (1.0 - a) * x_temporal
+        if gate is not None:
+            z = jnp.asarray(gate, x_spatial.dtype)
+            out = z * out + (1.0 - z) * x_spatial
+        return out
 
 
 class SpatioTemporalResBlock(nnx.Module):
-    """spatial_res_block (per frame) → temporal_res_block (across frames) → time_mixer blend of the two."""
+    """spatial_res_block (per frame) → temporal_res_block (across frames) → time_mixer blend of the two.
+
+    `gate_index` is this block's position in the temporal-gate vector; None means the temporal half
+    was pruned (no temporal_res_block / time_mixer parameters; the block is its spatial half).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, temb_channels: int, *, eps: float, rngs: nnx.Rngs,
-                 temporal_eps: float | None = None):
+                 temporal_eps: float | None = None, gate_index: int | None = -1):
         self.spatial_res_block = ResnetBlock2D(in_channels, out_channels, temb_channels, eps=eps, rngs=rngs)
-        self.temporal_res_block = TemporalResnetBlock(
-            out_channels, out_channels, temb_channels, eps=temporal_eps if temporal_eps is not None else eps, rngs=rngs)
-        self.time_mixer = AlphaBlender(0.5, rngs=rngs)
+        self.gate_index = gate_index
+        if gate_index is None:
+            self.temporal_res_block = self.time_mixer = None
+        else:
+            self.temporal_res_block = TemporalResnetBlock(
+                out_channels, out_channels, temb_channels, eps=temporal_eps if temporal_eps is not None else eps,
+                rngs=rngs)
+            self.time_mixer = AlphaBlender(0.5, rngs=rngs)
 
-    def __call__(self, x, temb, image_only_indicator):
-        b, t = image_only_indicator.shape
+    def __call__(self, x, temb, image_only_indicator, gates=None):
         x = self.spatial_res_block(x, temb)
+        if self.temporal_res_block is None:
+            return x
+        b, t = image_only_indicator.shape
         x_spatial = x.reshape(b, t, *x.shape[1:])
         x_temporal = self.temporal_res_block(x_spatial, temb.reshape(b, t, -1))
-        out = self.time_mixer(x_spatial, x_temporal, image_only_indicator)
+        gate = None if gates is None else gates[self.gate_index]
+        out = self.time_mixer(x_spatial, x_temporal, image_only_indicator, gate)
         return out.reshape(b * t, *out.shape[2:])
 
 

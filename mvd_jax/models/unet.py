@@ -1,4 +1,5 @@
-"""SpatioTemporalUNet: Stable Video Diffusion's UNet (diffusers' `UNetSpatioTemporalConditionModel`) in Flax NNX.
+"""SpatioTemporalUNet: Stable Video Diffusion's UNet (diffusers' `UNetSpatioTemporalConditionModel`) in Flax NNX,
+with MobileVD's architecture options as config switches.
 
 The module tree and attribute names are diffusers' (conv_in, time_embedding, add_embedding,
 down_blocks[i].resnets[j].spatial_res_block.conv1, ..., mid_block, up_blocks, conv_norm_out, conv_out),
@@ -8,8 +9,12 @@ Differences from the diffusers call, all deliberate:
   * channels-last: sample is (B, T, H, W, C_in) and the output (B, T, H, W, C_out);
   * `image_only_indicator` (B, T) can be passed (diffusers' top-level forward always uses zeros;
     its blocks accept it). 1 marks frames treated as still images: their temporal branches are
-    blended out (α = 1).
+    blended out (α = 1);
+  * `temporal_gates` (num temporal blocks,) scales each temporal branch (gates.py); None = all on.
 `timestep` is what diffusers' pipeline passes: the EDM c_noise = 0.25·ln σ, shape (B,) or scalar.
+
+MobileVD options (UNetConfig): collapse_cross_attention (attention.py), temporal_multiscale and
+spatial_multiscale (multiscale.py), temporal_gating and pruned_temporal_blocks (gates.py).
 """
 from __future__ import annotations
 
@@ -17,12 +22,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mvd_jax.models import multiscale as ms
+from mvd_jax.models.gates import TemporalBlockPlan, TemporalGates
 from mvd_jax.models.layers import Conv, GroupNorm, TimestepEmbedding, timestep_embedding
 from mvd_jax.models.unet_blocks import (
     CrossAttnDownBlockSpatioTemporal,
     CrossAttnUpBlockSpatioTemporal,
     DownBlockSpatioTemporal,
     UNetMidBlockSpatioTemporal,
+    BlockOptions,
     UpBlockSpatioTemporal,
 )
 from mvd_jax.models.unet_config import UNetConfig
@@ -35,6 +43,9 @@ class SpatioTemporalUNet(nnx.Module):
         c = config
         boc = c.block_out_channels
         temb = c.time_embed_dim
+
+        plan = TemporalBlockPlan(config)
+        opts = BlockOptions(plan, collapse_cross_attention=c.collapse_cross_attention)
 
         self.conv_in = Conv(c.in_channels, boc[0], (3, 3), rngs=rngs)
         self.time_embedding = TimestepEmbedding(boc[0], temb, rngs=rngs)
@@ -49,15 +60,16 @@ class SpatioTemporalUNet(nnx.Module):
                 down.append(CrossAttnDownBlockSpatioTemporal(
                     in_ch, out_ch, temb, num_layers=c.layers[i], transformer_layers_per_block=c.transformer_layers[i],
                     num_attention_heads=c.heads[i], cross_attention_dim=c.context_dims[i], add_downsample=not last,
-                    rngs=rngs))
+                    options=opts, path=f"down_blocks.{i}", rngs=rngs))
             else:
                 down.append(DownBlockSpatioTemporal(in_ch, out_ch, temb, num_layers=c.layers[i],
-                                                    add_downsample=not last, rngs=rngs))
+                                                    add_downsample=not last, options=opts, path=f"down_blocks.{i}",
+                                                    rngs=rngs))
         self.down_blocks = nnx.List(down)
 
         self.mid_block = UNetMidBlockSpatioTemporal(
             boc[-1], temb, transformer_layers_per_block=c.transformer_layers[-1], num_attention_heads=c.heads[-1],
-            cross_attention_dim=c.context_dims[-1], rngs=rngs)
+            cross_attention_dim=c.context_dims[-1], options=opts, path="mid_block", rngs=rngs)
 
         up = []
         rev_ch, rev_layers = boc[::-1], c.layers[::-1]
@@ -71,16 +83,19 @@ class SpatioTemporalUNet(nnx.Module):
                 up.append(CrossAttnUpBlockSpatioTemporal(
                     in_ch, prev_ch, out_ch, temb, num_layers=rev_layers[i] + 1, transformer_layers_per_block=rev_tl[i],
                     num_attention_heads=rev_heads[i], cross_attention_dim=rev_ctx[i], add_upsample=not last,
-                    rngs=rngs))
+                    options=opts, path=f"up_blocks.{i}", rngs=rngs))
             else:
                 up.append(UpBlockSpatioTemporal(in_ch, prev_ch, out_ch, temb, num_layers=rev_layers[i] + 1,
-                                                add_upsample=not last, rngs=rngs))
+                                                add_upsample=not last, options=opts, path=f"up_blocks.{i}",
+                                                rngs=rngs))
         self.up_blocks = nnx.List(up)
 
         self.conv_norm_out = GroupNorm(boc[0], eps=1e-5, rngs=rngs)
         self.conv_out = Conv(boc[0], c.out_channels, (3, 3), rngs=rngs)
+        self.temporal_gates = TemporalGates(len(plan.names), c.temporal_gating) if c.temporal_gating else None
 
-    def __call__(self, sample, timestep, encoder_hidden_states, added_time_ids, image_only_indicator=None):
+    def __call__(self, sample, timestep, encoder_hidden_states, added_time_ids, image_only_indicator=None,
+                 temporal_gates=None):
         b, t, h, w, cin = sample.shape
         c = self.config
         if cin != c.in_channels:
@@ -94,28 +109,51 @@ class SpatioTemporalUNet(nnx.Module):
         emb = self.time_embedding(timestep_embedding(timesteps, c.block_out_channels[0]).astype(dtype))
         time_embeds = timestep_embedding(added_time_ids.reshape(-1), c.addition_time_embed_dim).reshape(b, -1)
         emb = emb + self.add_embedding(time_embeds.astype(dtype))
-
-        # Fold frames into the batch: per-frame copies of the embedding and the context.
-        x = sample.reshape(b * t, h, w, cin)
-        emb = jnp.repeat(emb, t, axis=0)
-        context = jnp.repeat(encoder_hidden_states.astype(dtype), t, axis=0)
+        encoder_hidden_states = encoder_hidden_states.astype(dtype)
         if image_only_indicator is None:
             image_only_indicator = jnp.zeros((b, t), dtype)
 
-        x = self.conv_in(x)
+        # Per-frame inputs of the blocks at full frame rate ("top") and below the top level ("low"):
+        # embedding and context are per clip, copied for every frame the blocks see.
+        def per_frame(frames, iio, positions):
+            return dict(temb=jnp.repeat(emb, frames, axis=0), context=jnp.repeat(encoder_hidden_states, frames, axis=0),
+                        image_only_indicator=iio, frame_positions=positions)
+
+        top = per_frame(t, image_only_indicator, None)
+        low = top
+        if c.temporal_multiscale:
+            low = per_frame(ms.reduced_frames(t), ms.halve_indicator(image_only_indicator), ms.halved_positions(t))
+        multiscale = c.temporal_multiscale or c.spatial_multiscale
+
+        x = self.conv_in(sample.reshape(b * t, h, w, cin))
         skips = [x]
-        for block in self.down_blocks:
-            x, block_skips = block(x, emb, image_only_indicator, context)
+        for i, block in enumerate(self.down_blocks):
+            f = top if i == 0 else low
+            x, block_skips = block(x, f["temb"], f["image_only_indicator"], f["context"], f["frame_positions"],
+                                   temporal_gates)
+            if i == 0 and multiscale:  # leave the top level: fewer frames and/or a smaller map below it
+                if c.temporal_multiscale:
+                    x = ms.halve_frames(x, b, t)
+                if c.spatial_multiscale:
+                    x = ms.halve_space(x)
+                block_skips[-1] = x  # the downsampler's output is consumed at the lower level
             skips.extend(block_skips)
 
-        x = self.mid_block(x, emb, image_only_indicator, context)
+        x = self.mid_block(x, low["temb"], low["image_only_indicator"], low["context"], low["frame_positions"],
+                           temporal_gates)
 
-        for block in self.up_blocks:
-            n = len(block.resnets)
-            block_skips, skips = skips[-n:], skips[:-n]
-            # Upsample to the spatial size of the next skip (×2 unless a size was odd on the way down).
+        n = len(self.up_blocks)
+        for i, block in enumerate(self.up_blocks):
+            f = top if i == n - 1 else low
+            k = len(block.resnets)
+            block_skips, skips = skips[-k:], skips[:-k]
+            # Upsample to the spatial size of the next skip (×2 unless a size was odd on the way down;
+            # ×4 into the top level under spatial multiscaling).
             upsample_size = skips[-1].shape[1:3] if skips else None
-            x = block(x, block_skips, emb, image_only_indicator, context, upsample_size=upsample_size)
+            x = block(x, block_skips, f["temb"], f["image_only_indicator"], f["context"], f["frame_positions"],
+                      temporal_gates, upsample_size=upsample_size)
+            if i == n - 2 and c.temporal_multiscale:  # back to the top level's frame count
+                x = ms.double_frames(x, b, t)
 
         x = self.conv_out(jax.nn.silu(self.conv_norm_out(x)))
         return x.reshape(b, t, h, w, -1)

@@ -48,6 +48,18 @@ class UNetConfig:
     # Only recorded (diffusers uses it for nothing in the forward either); frames come from the input.
     num_frames: int = 25
 
+    # ---- MobileVD options: not diffusers keys; the defaults give SVD's UNet -------------------------
+    # §2(c): 1-token cross-attention computed as to_out(to_v(context)) broadcast (models/attention.py).
+    collapse_cross_attention: bool = False
+    # §2(b): halve the frame axis below the top resolution level (models/multiscale.py).
+    temporal_multiscale: bool = False
+    # Table 3: an extra 2× spatial reduction below the top level (models/multiscale.py).
+    spatial_multiscale: bool = False
+    # §2(e): gates on the 38 temporal blocks: None, "sampled" (MobileVD) or "l1" (Table 6 baseline).
+    temporal_gating: str | None = None
+    # Temporal blocks physically removed, by name (see models/gates.py: temporal_block_names).
+    pruned_temporal_blocks: tuple[str, ...] = ()
+
     # ---- construction / validation -------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "UNetConfig":
@@ -77,8 +89,21 @@ class UNetConfig:
         return cls.from_dict(d)
 
     def to_dict(self) -> dict[str, Any]:
-        """diffusers-compatible dict (lists, not tuples), ready for config.json."""
+        """All fields as a JSON-ready dict (lists, not tuples)."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+    def to_diffusers_dict(self) -> dict[str, Any]:
+        """Only diffusers' keys, for a config.json that diffusers reads. Refuses MobileVD structures that
+        diffusers' UNetSpatioTemporalConditionModel cannot represent (the collapse changes no weights)."""
+        structural = [k for k in MOBILEVD_KEYS if k != "collapse_cross_attention"
+                      and getattr(self, k) != getattr(UNetConfig, k)]
+        if structural:
+            raise UserError(f"diffusers cannot represent a UNet with {structural}; export it instead")
+        return {k: v for k, v in self.to_dict().items() if k not in MOBILEVD_KEYS}
+
+    @property
+    def is_svd(self) -> bool:
+        return all(getattr(self, k) == getattr(UNetConfig, k) for k in MOBILEVD_KEYS)
 
     def __post_init__(self):
         for name in ("in_channels", "out_channels", "addition_time_embed_dim", "projection_class_embeddings_input_dim"):
@@ -107,6 +132,10 @@ class UNetConfig:
                 raise UserError(f"block_out_channels[{i}]={c} is not divisible by {GROUPS} (GroupNorm groups)")
             if c % self.heads[i]:
                 raise UserError(f"block_out_channels[{i}]={c} is not divisible by num_attention_heads {self.heads[i]}")
+        if self.temporal_gating not in (None, "sampled", "l1"):
+            raise UserError(f"temporal_gating must be None, 'sampled' or 'l1', got {self.temporal_gating!r}")
+        if (self.temporal_multiscale or self.spatial_multiscale) and n < 2:
+            raise UserError("multiscaling needs at least two resolution levels")
         if self.projection_class_embeddings_input_dim % self.addition_time_embed_dim:
             raise UserError("projection_class_embeddings_input_dim must be a multiple of addition_time_embed_dim")
 
@@ -143,3 +172,7 @@ def _freeze(v):
     if isinstance(v, list):
         return tuple(_freeze(x) for x in v)
     return v
+
+
+MOBILEVD_KEYS = ("collapse_cross_attention", "temporal_multiscale", "spatial_multiscale", "temporal_gating",
+                 "pruned_temporal_blocks")

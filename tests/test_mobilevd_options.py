@@ -1,0 +1,167 @@
+"""MobileVD's architecture options: cross-attention collapse, multiscaling, temporal-block gates and pruning."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import oracle
+from conftest import jax_forward
+from mvd_jax.convert import load_unet
+from mvd_jax.convert.diffusers_unet import read_unet_checkpoint, unet_from_tensors
+from mvd_jax.models import UNetConfig
+from mvd_jax.models import multiscale as ms
+from mvd_jax.models.attention import BasicTransformerBlock, TemporalBasicTransformerBlock
+from mvd_jax.models.gates import (
+    inclusion_probabilities, prune_temporal_blocks, sample_gates, temporal_block_names, top_n_gates)
+
+
+def load_with(folder, **options):
+    """The diffusers checkpoint in `folder` loaded into a config with MobileVD options switched on."""
+    tensors, config, _ = read_unet_checkpoint(folder)
+    return unet_from_tensors(tensors, dataclasses.replace(config, **options))
+
+
+# ---- cross-attention collapse ----------------------------------------------------------------
+def test_collapsed_unet_equals_full_attention(diffusers_unets):
+    """Same SVD weights, collapse on/off. The identity is exact: in float64 the two agree to 1e-12;
+    in float32 they differ by rounding only (the whole UNet accumulates it over ~40 layers)."""
+    _, folder = diffusers_unets("svd_like")
+    full, collapsed = load_unet(folder), load_with(folder, collapse_cross_attention=True)
+    inputs = oracle.random_inputs(oracle.SMALL_CONFIGS["svd_like"], 2, 3, 8, 16, seed=21)
+    assert oracle.rel_l2(jax_forward(collapsed, inputs), jax_forward(full, inputs)) <= 3e-6
+    with jax.enable_x64(True):
+        inputs64 = {k: v.astype(np.float64) for k, v in inputs.items()}
+        assert oracle.rel_l2(jax_forward(collapsed, inputs64), jax_forward(full, inputs64)) <= 1e-12
+
+
+@pytest.mark.parametrize("temporal", [False, True])
+def test_collapsed_block_equals_full_block(temporal):
+    rngs = nnx.Rngs(0)
+    rng = np.random.default_rng(1)
+    if temporal:
+        block = TemporalBasicTransformerBlock(64, 64, 4, 16, cross_attention_dim=24, rngs=rngs)
+        b, t, s = 2, 5, 6
+        x = jnp.asarray(rng.standard_normal((b * t, s, 64)), jnp.float32)
+        clip_context = jnp.asarray(rng.standard_normal((b, 1, 24)), jnp.float32)
+        full = block(x, t, jnp.repeat(clip_context, s, axis=0))  # per-position copies, as diffusers does
+        block.collapse_cross_attention = True
+        collapsed = block(x, t, clip_context)
+    else:
+        block = BasicTransformerBlock(64, 4, 16, cross_attention_dim=24, rngs=rngs)
+        x = jnp.asarray(rng.standard_normal((3, 10, 64)), jnp.float32)
+        context = jnp.asarray(rng.standard_normal((3, 1, 24)), jnp.float32)
+        full = block(x, context)
+        block.collapse_cross_attention = True
+        collapsed = block(x, context)
+    assert oracle.rel_l2(collapsed, full) <= 1e-6
+
+
+def test_collapse_refuses_multi_token_context():
+    block = BasicTransformerBlock(64, 4, 16, cross_attention_dim=24, rngs=nnx.Rngs(0), collapse_cross_attention=True)
+    with pytest.raises(ValueError, match="1-token context"):
+        block(jnp.zeros((1, 4, 64)), jnp.zeros((1, 2, 24)))
+
+
+def test_collapsed_forward_never_uses_queries_or_keys(diffusers_unets):
+    """The collapsed model's output does not depend on attn2.to_q / to_k at all."""
+    _, folder = diffusers_unets("tiny")
+    model = load_with(folder, collapse_cross_attention=True)
+    inputs = oracle.random_inputs(oracle.SMALL_CONFIGS["tiny"], 1, 3, 8, 8, seed=2)
+    before = jax_forward(model, inputs)
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        if "attn2" in path and path[-2] in ("to_q", "to_k"):
+            var[...] = jnp.full(var.shape, 1e3)
+    assert np.array_equal(jax_forward(model, inputs), before)
+
+
+# ---- multiscaling ----------------------------------------------------------------------------
+@pytest.mark.parametrize("t", [14, 7, 1])
+@pytest.mark.parametrize("options", [dict(temporal_multiscale=True), dict(spatial_multiscale=True),
+                                     dict(temporal_multiscale=True, spatial_multiscale=True)])
+def test_multiscale_preserves_shape_and_frames(diffusers_unets, t, options):
+    _, folder = diffusers_unets("tiny")
+    model = load_with(folder, **options)
+    inputs = oracle.random_inputs(oracle.SMALL_CONFIGS["tiny"], 2, t, 16, 24, seed=t)
+    out = jax_forward(model, inputs)
+    assert out.shape == (2, t, 4, 16, 24) and np.all(np.isfinite(out))
+
+
+def test_temporal_pool_and_repeat():
+    x = jnp.arange(2 * 5 * 3, dtype=jnp.float32).reshape(2 * 5, 3)  # B=2, T=5 (odd), 3 features
+    half = ms.halve_frames(x, 2, 5)
+    ref = np.arange(30, dtype=np.float32).reshape(2, 5, 3)
+    ref = np.concatenate([ref, ref[:, -1:]], axis=1).reshape(2, 3, 2, 3).mean(2)
+    np.testing.assert_array_equal(np.asarray(half).reshape(2, 3, 3), ref)
+    back = np.asarray(ms.double_frames(half, 2, 5)).reshape(2, 5, 3)
+    np.testing.assert_array_equal(back, ref[:, [0, 0, 1, 1, 2]])
+    iio = jnp.asarray([[1, 1, 1, 0, 1]], jnp.float32)
+    np.testing.assert_array_equal(np.asarray(ms.halve_indicator(iio)), [[1, 0, 1]])
+    np.testing.assert_array_equal(np.asarray(ms.halved_positions(5)), [0, 2, 4])
+
+
+# ---- gates and pruning -----------------------------------------------------------------------
+def test_svd_has_38_temporal_blocks():
+    names = temporal_block_names(UNetConfig())
+    assert len(names) == 38
+    assert sum(".temporal_transformer_blocks." in n for n in names) == 16
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("n", [1, 5, 11, 37])
+def test_inclusion_probabilities_sum_to_n(seed, n):
+    q = jax.random.normal(jax.random.key(seed), (38,)) * [0.1, 1.0, 5.0, 30.0][seed]
+    p = np.asarray(inclusion_probabilities(q, n), np.float64)
+    assert abs(p.sum() - n) < 1e-4 and np.all(p >= 0) and np.all(p <= 1 + 1e-6)  # exp may underflow to 0
+    # p ∝ exp(q) below the cap, and capped blocks have the largest logits.
+    free = p < 1 - 1e-6
+    if free.sum() > 1:
+        ratio = p[free] / np.exp(np.asarray(q, np.float64)[free])
+        assert np.allclose(ratio, ratio[0], rtol=1e-4)
+    if (~free).any() and free.any():
+        assert np.asarray(q)[~free].min() >= np.asarray(q)[free].max()
+
+
+def test_straight_through_gradient_is_the_gradient_of_p():
+    q = jax.random.normal(jax.random.key(3), (38,))
+    w = jax.random.normal(jax.random.key(4), (38,))
+    n = 11
+    z = sample_gates(jax.random.key(5), q, n)
+    assert set(np.unique(np.asarray(z))) <= {0.0, 1.0}
+    grad = jax.grad(lambda q: jnp.sum(w * sample_gates(jax.random.key(5), q, n)))(q)
+    expected = jax.jacobian(lambda q: inclusion_probabilities(q, n))(q).T @ w
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(expected), rtol=1e-5, atol=1e-6)
+    assert np.abs(np.asarray(grad)).max() > 0
+
+
+def test_top_n_gates():
+    q = jnp.asarray([0.3, -1.0, 2.0, 0.0, 1.5])
+    np.testing.assert_array_equal(np.asarray(top_n_gates(q, 2)), [0, 0, 1, 0, 1])
+
+
+def test_gated_model_equals_pruned_model(diffusers_unets):
+    _, folder = diffusers_unets("svd_like")
+    model = load_with(folder, temporal_gating="sampled")
+    n_blocks = len(temporal_block_names(model.config))
+    gates = np.asarray(top_n_gates(jax.random.normal(jax.random.key(0), (n_blocks,)), n_blocks // 3))
+    pruned = prune_temporal_blocks(model, gates)
+
+    assert pruned.temporal_gates is None
+    n_before = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    n_after = sum(x.size for x in jax.tree.leaves(nnx.state(pruned, nnx.Param)))
+    assert n_after < n_before - n_blocks
+    inputs = oracle.random_inputs(oracle.SMALL_CONFIGS["svd_like"], 2, 3, 8, 16, seed=7)
+
+    def run(m, dtype, gate_values=None):
+        sample = jnp.asarray(inputs["sample"].transpose(0, 1, 3, 4, 2), dtype)
+        args = [jnp.asarray(inputs[k], dtype) for k in ("timestep", "encoder_hidden_states", "added_time_ids")]
+        return nnx.jit(lambda m, *a: m(*a, temporal_gates=gate_values))(m, sample, *args)
+
+    # Two different compiled programs: float32 differs by rounding only, float64 shows the identity.
+    assert oracle.rel_l2(run(pruned, jnp.float32), run(model, jnp.float32, jnp.asarray(gates))) <= 3e-6
+    with jax.enable_x64(True):
+        assert oracle.rel_l2(run(pruned, jnp.float64), run(model, jnp.float64, jnp.asarray(gates))) <= 1e-12
+    # all gates on = the ungated model
+    assert oracle.rel_l2(run(model, jnp.float32, jnp.ones(n_blocks)), run(model, jnp.float32)) <= 3e-6
