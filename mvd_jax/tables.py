@@ -29,12 +29,15 @@ from mvd_jax.eval.flops import count_flops
 PAPER_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "paper")
 
 
-def unet_row(config) -> dict:
-    """One table row: params and FLOPs of one UNet forward at the config's video size."""
+def unet_row(config, name: str | None = None) -> dict:
+    """One table row: params and FLOPs of one UNet forward at the config's video size.
+
+    `name` (default: config.name) labels the row; the CLI uses the config file's stem.
+    """
     cfg = unet_config(config)
     scale = config.get("vae_scale_factor", 8)
     if config.height % scale or config.width % scale:
-        raise UserError(f"{config.name}: height/width ({config.height}×{config.width}) must be multiples of {scale}")
+        raise UserError(f"{name or config.name}: height/width ({config.height}×{config.width}) must be multiples of {scale}")
     b, t, h, w = config.get("batch", 1), config.frames, config.height // scale, config.width // scale
 
     graphdef, state = nnx.split(abstract_unet(cfg))
@@ -51,7 +54,7 @@ def unet_row(config) -> dict:
             jax.ShapeDtypeStruct((b, cfg.num_added_time_ids), f32))
     flops = count_flops(forward, *args)
     paper = config.get("paper", {}) or {}
-    return {"config": config.name, "frames": t, "height": config.height, "width": config.width, "batch": b,
+    return {"config": name or config.name, "frames": t, "height": config.height, "width": config.width, "batch": b,
             "params": params, "tflops": flops["flops"] / 1e12, "xla_tflops": flops["xla_flops"] / 1e12,
             "paper_tflops": paper.get("tflops")}
 
@@ -80,7 +83,8 @@ def main(argv=None):
     specs = args.configs or sorted(glob.glob(os.path.join(PAPER_CONFIG_DIR, "*.py")))
     if not specs:
         raise UserError(f"no configs given and none found in {PAPER_CONFIG_DIR}")
-    rows = [unet_row(load_config(spec)) for spec in specs]
+    rows = [unet_row(load_config(spec), name=os.path.splitext(os.path.basename(spec.partition(":")[0]))[0])
+            for spec in specs]
     print(json.dumps(rows, indent=2) if args.format == "json" else format_table(rows))
 
 

@@ -46,25 +46,30 @@ def _sub_jaxprs(eqn):
                 yield x
 
 
-def jaxpr_flops(jaxpr) -> int:
-    """Dense matmul + conv FLOPs (2 per MAC) of a (Closed)Jaxpr, recursively."""
+def jaxpr_flops(jaxpr, scope: str | None = None, _inside: bool = False) -> int:
+    """Dense matmul + conv FLOPs (2 per MAC) of a (Closed)Jaxpr, recursively.
+
+    scope: count only equations under `jax.named_scope(scope)` (e.g. one temporal block).
+    """
     jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
     total = 0
     for eqn in jaxpr.eqns:
+        inside = _inside or scope is None or scope in str(eqn.source_info.name_stack).split("/")
+        sub = lambda j: jaxpr_flops(j, scope, inside)
         name = eqn.primitive.name
         if name == "dot_general":
-            total += _dot_general_flops(eqn)
+            total += _dot_general_flops(eqn) if inside else 0
         elif name == "conv_general_dilated":
-            total += _conv_flops(eqn)
+            total += _conv_flops(eqn) if inside else 0
         elif name == "cond":
-            total += max(jaxpr_flops(b) for b in eqn.params["branches"])
+            total += max(sub(b) for b in eqn.params["branches"])
         elif name == "scan":
-            total += eqn.params["length"] * jaxpr_flops(eqn.params["jaxpr"])
+            total += eqn.params["length"] * sub(eqn.params["jaxpr"])
         elif name == "while":
             # Trip count is data-dependent; count one body iteration (callers needing more use scan).
-            total += jaxpr_flops(eqn.params["body_jaxpr"]) + jaxpr_flops(eqn.params["cond_jaxpr"])
+            total += sub(eqn.params["body_jaxpr"]) + sub(eqn.params["cond_jaxpr"])
         else:
-            total += sum(jaxpr_flops(j) for j in _sub_jaxprs(eqn))
+            total += sum(sub(j) for j in _sub_jaxprs(eqn))
     return total
 
 

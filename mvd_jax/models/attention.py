@@ -10,22 +10,41 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mvd_jax.models.layers import Identity, LayerNorm, Linear
+from mvd_jax.models.layers import Identity, LayerNorm, Linear, param
 
 
 class Attention(nnx.Module):
-    """Multi-head attention without q/k/v bias and with an output bias (diffusers' defaults for SVD)."""
+    """Multi-head attention without q/k/v bias and with an output bias (diffusers' defaults for SVD).
+
+    Channel funnels (MobileVD §2(d), funnels.py): with `funnel_dim` d' < dim_head each head's q, k and
+    v are mapped d_h → d' by `funnel_q/k/v` (heads, d_h, d') and the attention output back d' → d_h by
+    `funnel_o` (heads, d', d_h) before `to_out`. With `funnels_merged` the funnels are folded into the
+    projections (inner width heads·d'). The softmax scale stays 1/√d_h in both forms: the funnels
+    absorb any rescaling, and merging must not change the function.
+    """
 
     def __init__(self, query_dim: int, *, heads: int, dim_head: int, cross_attention_dim: int | None = None,
-                 rngs: nnx.Rngs):
-        inner = heads * dim_head
+                 rngs: nnx.Rngs, funnel_dim: int | None = None, funnels_merged: bool = False):
         kv_dim = cross_attention_dim or query_dim
         self.heads = heads
         self.dim_head = dim_head
+        self.scale = dim_head ** -0.5
+        self.funnel_dim = funnel_dim
+        proj_head = funnel_dim if (funnel_dim and funnels_merged) else dim_head
+        inner = heads * proj_head
+        self.proj_head = proj_head
         self.to_q = Linear(query_dim, inner, use_bias=False, axes=("embed", "heads"), rngs=rngs)
         self.to_k = Linear(kv_dim, inner, use_bias=False, axes=("embed", "heads"), rngs=rngs)
         self.to_v = Linear(kv_dim, inner, use_bias=False, axes=("embed", "heads"), rngs=rngs)
         self.to_out = nnx.List([Linear(inner, query_dim, axes=("heads", "embed"), rngs=rngs)])
+        if funnel_dim and not funnels_merged:
+            he = lambda fan_in: (lambda key, shape, dtype: jax.random.normal(key, shape, dtype) * (2.0 / fan_in) ** 0.5)
+            self.funnel_q = param(rngs, he(dim_head), (heads, dim_head, funnel_dim), ("heads", None, None))
+            self.funnel_k = param(rngs, he(dim_head), (heads, dim_head, funnel_dim), ("heads", None, None))
+            self.funnel_v = param(rngs, he(dim_head), (heads, dim_head, funnel_dim), ("heads", None, None))
+            self.funnel_o = param(rngs, he(funnel_dim), (heads, funnel_dim, dim_head), ("heads", None, None))
+        else:
+            self.funnel_q = self.funnel_k = self.funnel_v = self.funnel_o = None
 
     def single_token(self, context):
         """Cross-attention to a 1-token context, collapsed (MobileVD's "optimized cross-attention").
@@ -42,11 +61,16 @@ class Attention(nnx.Module):
     def __call__(self, x, context=None):
         context = x if context is None else context
         b, n, _ = x.shape
-        split = lambda t: t.reshape(t.shape[0], t.shape[1], self.heads, self.dim_head)
+        split = lambda t: t.reshape(t.shape[0], t.shape[1], self.heads, self.proj_head)
         q, k, v = split(self.to_q(x)), split(self.to_k(context)), split(self.to_v(context))
-        # softmax(q kᵀ / sqrt(d)) v, the same math as torch's scaled_dot_product_attention.
-        out = jax.nn.dot_product_attention(q, k, v)
-        return self.to_out[0](out.reshape(b, n, self.heads * self.dim_head))
+        if self.funnel_q is not None:
+            funnel = lambda t, f: jnp.einsum("bnhd,hde->bnhe", t, f[...].astype(t.dtype))
+            q, k, v = funnel(q, self.funnel_q), funnel(k, self.funnel_k), funnel(v, self.funnel_v)
+        # softmax(q kᵀ · scale) v, the same math as torch's scaled_dot_product_attention.
+        out = jax.nn.dot_product_attention(q, k, v, scale=self.scale)
+        if self.funnel_o is not None:
+            out = jnp.einsum("bnhe,hed->bnhd", out, self.funnel_o[...].astype(out.dtype))
+        return self.to_out[0](out.reshape(b, n, -1))
 
 
 class GEGLU(nnx.Module):
@@ -81,10 +105,10 @@ class BasicTransformerBlock(nnx.Module):
     """Spatial block: LN → self-attn → LN → cross-attn(context) → LN → GEGLU FF, each residual."""
 
     def __init__(self, dim: int, heads: int, dim_head: int, *, cross_attention_dim: int, rngs: nnx.Rngs,
-                 collapse_cross_attention: bool = False):
+                 collapse_cross_attention: bool = False, funnel: dict | None = None):
         self.collapse_cross_attention = collapse_cross_attention
         self.norm1 = LayerNorm(dim, rngs=rngs)
-        self.attn1 = Attention(dim, heads=heads, dim_head=dim_head, rngs=rngs)
+        self.attn1 = Attention(dim, heads=heads, dim_head=dim_head, rngs=rngs, **(funnel or {}))
         self.norm2 = LayerNorm(dim, rngs=rngs)
         self.attn2 = Attention(dim, heads=heads, dim_head=dim_head, cross_attention_dim=cross_attention_dim, rngs=rngs)
         self.norm3 = LayerNorm(dim, rngs=rngs)
@@ -107,13 +131,14 @@ class TemporalBasicTransformerBlock(nnx.Module):
     """
 
     def __init__(self, dim: int, time_mix_inner_dim: int, heads: int, dim_head: int, *,
-                 cross_attention_dim: int | None, rngs: nnx.Rngs, collapse_cross_attention: bool = False):
+                 cross_attention_dim: int | None, rngs: nnx.Rngs, collapse_cross_attention: bool = False,
+                 funnel: dict | None = None):
         self.collapse_cross_attention = collapse_cross_attention
         self.is_res = dim == time_mix_inner_dim
         self.norm_in = LayerNorm(dim, rngs=rngs)
         self.ff_in = FeedForward(dim, dim_out=time_mix_inner_dim, rngs=rngs)
         self.norm1 = LayerNorm(time_mix_inner_dim, rngs=rngs)
-        self.attn1 = Attention(time_mix_inner_dim, heads=heads, dim_head=dim_head, rngs=rngs)
+        self.attn1 = Attention(time_mix_inner_dim, heads=heads, dim_head=dim_head, rngs=rngs, **(funnel or {}))
         if cross_attention_dim is not None:
             self.norm2 = LayerNorm(time_mix_inner_dim, rngs=rngs)
             self.attn2 = Attention(time_mix_inner_dim, heads=heads, dim_head=dim_head,

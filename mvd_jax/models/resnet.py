@@ -13,21 +13,46 @@ from flax import nnx
 from mvd_jax.models.layers import Conv, GroupNorm, Linear
 
 
-class ResnetBlock2D(nnx.Module):
-    """GroupNorm → SiLU → conv3×3 → + Linear(SiLU(temb)) → GroupNorm → SiLU → conv3×3, plus (1×1-conv) shortcut."""
+def temporal_block_scope(gate_index: int) -> str:
+    """Name scope of one temporal block's computation (see eval/flops.py: jaxpr_flops(scope=...))."""
+    return f"temporal_block_{gate_index}"
 
-    def __init__(self, in_channels: int, out_channels: int, temb_channels: int, *, eps: float, rngs: nnx.Rngs):
+
+class ResnetBlock2D(nnx.Module):
+    """GroupNorm → SiLU → conv3×3 → + Linear(SiLU(temb)) → GroupNorm → SiLU → conv3×3, plus (1×1-conv) shortcut.
+
+    Convolution funnels (Table 5's "Funnels (convolutions)", funnels.py): with `funnel_dim` the
+    inner width between conv1 and conv2 is reduced to funnel_dim channels. Training form: `funnel_1`
+    (C_out → funnel_dim, after conv1 + time embedding) and `funnel_2` (funnel_dim → C_out, before
+    conv2), with norm2 over the funneled channels. Merged form: conv1/time_emb_proj produce
+    funnel_dim channels and conv2 reads them directly.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, temb_channels: int, *, eps: float, rngs: nnx.Rngs,
+                 funnel_dim: int | None = None, funnels_merged: bool = False):
+        inner = funnel_dim if (funnel_dim and funnels_merged) else out_channels
+        mid = funnel_dim or out_channels
         self.norm1 = GroupNorm(in_channels, eps=eps, rngs=rngs)
-        self.conv1 = Conv(in_channels, out_channels, (3, 3), rngs=rngs)
-        self.time_emb_proj = Linear(temb_channels, out_channels, rngs=rngs)
-        self.norm2 = GroupNorm(out_channels, eps=eps, rngs=rngs)
-        self.conv2 = Conv(out_channels, out_channels, (3, 3), rngs=rngs)
+        self.conv1 = Conv(in_channels, inner, (3, 3), rngs=rngs)
+        self.time_emb_proj = Linear(temb_channels, inner, rngs=rngs)
+        if funnel_dim and not funnels_merged:
+            self.funnel_1 = Linear(out_channels, funnel_dim, use_bias=False, axes=("conv_out", None), rngs=rngs)
+            self.funnel_2 = Linear(funnel_dim, out_channels, use_bias=False, axes=(None, "conv_in"), rngs=rngs)
+        else:
+            self.funnel_1 = self.funnel_2 = None
+        self.norm2 = GroupNorm(mid, eps=eps, rngs=rngs)
+        self.conv2 = Conv(inner, out_channels, (3, 3), rngs=rngs)
         self.conv_shortcut = Conv(in_channels, out_channels, (1, 1), rngs=rngs) if in_channels != out_channels else None
 
     def __call__(self, x, temb):
         h = self.conv1(jax.nn.silu(self.norm1(x)))
         h = h + self.time_emb_proj(jax.nn.silu(temb))[:, None, None, :]
-        h = self.conv2(jax.nn.silu(self.norm2(h)))
+        if self.funnel_1 is not None:
+            h = self.funnel_1(h)
+        h = jax.nn.silu(self.norm2(h))
+        if self.funnel_2 is not None:
+            h = self.funnel_2(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x) if self.conv_shortcut is not None else x
         return shortcut + h
 
@@ -93,8 +118,9 @@ class SpatioTemporalResBlock(nnx.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, temb_channels: int, *, eps: float, rngs: nnx.Rngs,
-                 temporal_eps: float | None = None, gate_index: int | None = -1):
-        self.spatial_res_block = ResnetBlock2D(in_channels, out_channels, temb_channels, eps=eps, rngs=rngs)
+                 temporal_eps: float | None = None, gate_index: int | None = -1, funnel: dict | None = None):
+        self.spatial_res_block = ResnetBlock2D(in_channels, out_channels, temb_channels, eps=eps, rngs=rngs,
+                                               **(funnel or {}))
         self.gate_index = gate_index
         if gate_index is None:
             self.temporal_res_block = self.time_mixer = None
@@ -110,9 +136,10 @@ class SpatioTemporalResBlock(nnx.Module):
             return x
         b, t = image_only_indicator.shape
         x_spatial = x.reshape(b, t, *x.shape[1:])
-        x_temporal = self.temporal_res_block(x_spatial, temb.reshape(b, t, -1))
-        gate = None if gates is None else gates[self.gate_index]
-        out = self.time_mixer(x_spatial, x_temporal, image_only_indicator, gate)
+        with jax.named_scope(temporal_block_scope(self.gate_index)):  # lets the FLOP counter attribute it
+            x_temporal = self.temporal_res_block(x_spatial, temb.reshape(b, t, -1))
+            gate = None if gates is None else gates[self.gate_index]
+            out = self.time_mixer(x_spatial, x_temporal, image_only_indicator, gate)
         return out.reshape(b * t, *out.shape[2:])
 
 

@@ -10,19 +10,20 @@ layer's temporal block in the temporal-gate vector, None marking a pruned one (Â
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from mvd_jax.models.attention import BasicTransformerBlock, TemporalBasicTransformerBlock
 from mvd_jax.models.layers import GroupNorm, Linear, TimestepEmbedding, timestep_embedding
-from mvd_jax.models.resnet import AlphaBlender
+from mvd_jax.models.resnet import AlphaBlender, temporal_block_scope
 
 
 class TransformerSpatioTemporalModel(nnx.Module):
 
     def __init__(self, num_attention_heads: int, attention_head_dim: int, in_channels: int, *, num_layers: int = 1,
                  cross_attention_dim: int | None = None, rngs: nnx.Rngs, collapse_cross_attention: bool = False,
-                 gate_indices: list[int | None] | None = None):
+                 gate_indices: list[int | None] | None = None, funnel: dict | None = None):
         inner_dim = num_attention_heads * attention_head_dim
         if inner_dim != in_channels:
             # diffusers adds the (in_channels-wide) frame embedding to inner_dim-wide tokens: they must agree.
@@ -35,14 +36,14 @@ class TransformerSpatioTemporalModel(nnx.Module):
         self.transformer_blocks = nnx.List([
             BasicTransformerBlock(inner_dim, num_attention_heads, attention_head_dim,
                                   cross_attention_dim=cross_attention_dim, rngs=rngs,
-                                  collapse_cross_attention=collapse_cross_attention)
+                                  collapse_cross_attention=collapse_cross_attention, funnel=funnel)
             for _ in range(num_layers)
         ])
         self.temporal_transformer_blocks = nnx.List([
             None if g is None else
             TemporalBasicTransformerBlock(inner_dim, inner_dim, num_attention_heads, attention_head_dim,
                                           cross_attention_dim=cross_attention_dim, rngs=rngs,
-                                          collapse_cross_attention=collapse_cross_attention)
+                                          collapse_cross_attention=collapse_cross_attention, funnel=funnel)
             for g in self.gate_indices
         ])
         # The frame embedding and the mixer are shared by the layers; they go when every layer is pruned.
@@ -82,10 +83,11 @@ class TransformerSpatioTemporalModel(nnx.Module):
             x = block(x, context)
             if temporal_block is None:  # pruned: the spatial result passes on unchanged
                 continue
-            x_mix = temporal_block(x + emb, t, time_context)
-            gate = None if gates is None else gates[g]
-            blended = self.time_mixer(x.reshape(b, t, h * w, -1), x_mix.reshape(b, t, h * w, -1),
-                                      image_only_indicator, gate)
+            with jax.named_scope(temporal_block_scope(g)):  # lets the FLOP counter attribute it
+                x_mix = temporal_block(x + emb, t, time_context)
+                gate = None if gates is None else gates[g]
+                blended = self.time_mixer(x.reshape(b, t, h * w, -1), x_mix.reshape(b, t, h * w, -1),
+                                          image_only_indicator, gate)
             x = blended.reshape(bt, h * w, -1)
 
         x = self.proj_out(x).reshape(bt, h, w, c)

@@ -31,15 +31,32 @@ def transformer_depths(transformer_layers_per_block, num_layers: int) -> list[in
 class BlockOptions:
     plan: object  # gates.TemporalBlockPlan
     collapse_cross_attention: bool = False
+    attention_funnel_factor: float | None = None  # fun-factor r on self-attention (funnels.py)
+    conv_funnel_factor: float | None = None  # fun-factor r inside the spatial res-blocks (funnels.py)
+    funnels_merged: bool = False
 
     def resnet(self, in_ch, out_ch, temb, eps, path, rngs):
-        return SpatioTemporalResBlock(in_ch, out_ch, temb, eps=eps, rngs=rngs, gate_index=self.plan.gate_index(path))
+        funnel = None
+        if self.conv_funnel_factor is not None:
+            funnel = dict(funnel_dim=funnel_width(out_ch, self.conv_funnel_factor, multiple=32),
+                          funnels_merged=self.funnels_merged)
+        return SpatioTemporalResBlock(in_ch, out_ch, temb, eps=eps, rngs=rngs, gate_index=self.plan.gate_index(path),
+                                      funnel=funnel)
 
     def transformer(self, heads, channels, depth, context_dim, path, rngs):
         gates = [self.plan.gate_index(f"{path}.temporal_transformer_blocks.{l}") for l in range(depth)]
+        funnel = None
+        if self.attention_funnel_factor is not None:
+            funnel = dict(funnel_dim=funnel_width(channels // heads, self.attention_funnel_factor),
+                          funnels_merged=self.funnels_merged)
         return TransformerSpatioTemporalModel(heads, channels // heads, channels, num_layers=depth,
                                               cross_attention_dim=context_dim, rngs=rngs, gate_indices=gates,
-                                              collapse_cross_attention=self.collapse_cross_attention)
+                                              collapse_cross_attention=self.collapse_cross_attention, funnel=funnel)
+
+
+def funnel_width(width: int, factor: float, multiple: int = 1) -> int:
+    """The funneled width round(r·width), rounded to a multiple of `multiple` (GroupNorm's 32 groups), ≥ it."""
+    return max(multiple, int(round(factor * width / multiple)) * multiple)
 
 
 class DownBlockSpatioTemporal(nnx.Module):

@@ -59,6 +59,11 @@ class UNetConfig:
     temporal_gating: str | None = None
     # Temporal blocks physically removed, by name (see models/gates.py: temporal_block_names).
     pruned_temporal_blocks: tuple[str, ...] = ()
+    # §2(d): channel funnels with fun-factor r (models/funnels.py) on self-attention ("attention") or
+    # on the res-blocks' inner channels ("conv"); merged = folded into the weights (inference form).
+    funnel_factor: float | None = None
+    funnel_target: str = "attention"
+    funnels_merged: bool = False
 
     # ---- construction / validation -------------------------------------------------------------
     @classmethod
@@ -132,6 +137,10 @@ class UNetConfig:
                 raise UserError(f"block_out_channels[{i}]={c} is not divisible by {GROUPS} (GroupNorm groups)")
             if c % self.heads[i]:
                 raise UserError(f"block_out_channels[{i}]={c} is not divisible by num_attention_heads {self.heads[i]}")
+        if self.funnel_factor is not None and not 0 < self.funnel_factor <= 1:
+            raise UserError(f"funnel_factor must be in (0, 1], got {self.funnel_factor}")
+        if self.funnel_target not in ("attention", "conv"):
+            raise UserError(f"funnel_target must be 'attention' or 'conv', got {self.funnel_target!r}")
         if self.temporal_gating not in (None, "sampled", "l1"):
             raise UserError(f"temporal_gating must be None, 'sampled' or 'l1', got {self.temporal_gating!r}")
         if (self.temporal_multiscale or self.spatial_multiscale) and n < 2:
@@ -175,4 +184,4 @@ def _freeze(v):
 
 
 MOBILEVD_KEYS = ("collapse_cross_attention", "temporal_multiscale", "spatial_multiscale", "temporal_gating",
-                 "pruned_temporal_blocks")
+                 "pruned_temporal_blocks", "funnel_factor", "funnel_target", "funnels_merged")
