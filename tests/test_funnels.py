@@ -130,3 +130,23 @@ def test_funnel_errors(tiny_base):
         merge_funnels(tiny_base)
     with pytest.raises(UserError, match="funnel_factor"):
         UNetConfig(funnel_factor=1.5)
+
+
+# ---- Table 5's truncated-SVD baseline ---------------------------------------------------------
+def test_low_rank_factorisation(tiny_base):
+    from mvd_jax.models.low_rank import factorize_attention
+
+    x = _inputs(4)
+    full_rank = factorize_attention(tiny_base, 1.0)
+    assert oracle.rel_l2(jax_forward(full_rank, x), jax_forward(tiny_base, x)) <= 1e-5
+
+    half = unet_to_tensors(factorize_attention(tiny_base, 0.5))
+    original = unet_to_tensors(tiny_base)
+    name = "up_blocks.1.attentions.2.transformer_blocks.0.attn1.to_out.0"
+    w = original[f"{name}.weight"].astype(np.float64)
+    u, s, vt = np.linalg.svd(w)
+    k = w.shape[0] // 2
+    best = (u[:, :k] * s[:k]) @ vt[:k]
+    got = half[f"{name}.up.weight"].astype(np.float64) @ half[f"{name}.down.weight"].astype(np.float64)
+    assert np.linalg.norm(got - best) / np.linalg.norm(best) < 1e-6
+    np.testing.assert_array_equal(half[f"{name}.up.bias"], original[f"{name}.bias"])

@@ -15,7 +15,7 @@ from mvd_jax.models.gates import SVD_BLOCKS_BY_COST, temporal_block_flops, tempo
 TOLERANCE = {
     "svd_1024x576": 0.03, "svd_512x256": 0.03, "xattn": 0.03, "temporal_ms": 0.03, "mobilevd": 0.03,
     "spatial_ms": 0.05, "spatial_temporal_ms": 0.05, "pruned_70": 0.05, "pruned_80": 0.05, "pruned_90": 0.05,
-    "l1_pruned_70": 0.05, "funnels_r050": 0.05, "funnels_conv_r050": 0.05,
+    "l1_pruned_70": 0.05, "funnels_r050": 0.05, "funnels_conv_r050": 0.05, "lowrank_r050": 0.05, "lowrank_r025": 0.05,
     "mobilevd_hd": 0.07,
 }
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mvd_jax.models.layers import Identity, LayerNorm, Linear, param
+from mvd_jax.models.low_rank import LowRankLinear, low_rank_width
 
 
 class Attention(nnx.Module):
@@ -24,7 +25,8 @@ class Attention(nnx.Module):
     """
 
     def __init__(self, query_dim: int, *, heads: int, dim_head: int, cross_attention_dim: int | None = None,
-                 rngs: nnx.Rngs, funnel_dim: int | None = None, funnels_merged: bool = False):
+                 rngs: nnx.Rngs, funnel_dim: int | None = None, funnels_merged: bool = False,
+                 low_rank_factor: float | None = None):
         kv_dim = cross_attention_dim or query_dim
         self.heads = heads
         self.dim_head = dim_head
@@ -33,10 +35,14 @@ class Attention(nnx.Module):
         proj_head = funnel_dim if (funnel_dim and funnels_merged) else dim_head
         inner = heads * proj_head
         self.proj_head = proj_head
-        self.to_q = Linear(query_dim, inner, use_bias=False, axes=("embed", "heads"), rngs=rngs)
-        self.to_k = Linear(kv_dim, inner, use_bias=False, axes=("embed", "heads"), rngs=rngs)
-        self.to_v = Linear(kv_dim, inner, use_bias=False, axes=("embed", "heads"), rngs=rngs)
-        self.to_out = nnx.List([Linear(inner, query_dim, axes=("heads", "embed"), rngs=rngs)])
+        if low_rank_factor is None:
+            linear = Linear
+        else:  # Table 5's truncated-SVD baseline (low_rank.py)
+            linear = lambda i, o, **kw: LowRankLinear(i, o, low_rank_width(i, o, low_rank_factor), **kw)
+        self.to_q = linear(query_dim, inner, use_bias=False, axes=("embed", "heads"), rngs=rngs)
+        self.to_k = linear(kv_dim, inner, use_bias=False, axes=("embed", "heads"), rngs=rngs)
+        self.to_v = linear(kv_dim, inner, use_bias=False, axes=("embed", "heads"), rngs=rngs)
+        self.to_out = nnx.List([linear(inner, query_dim, axes=("heads", "embed"), rngs=rngs)])
         if funnel_dim and not funnels_merged:
             he = lambda fan_in: (lambda key, shape, dtype: jax.random.normal(key, shape, dtype) * (2.0 / fan_in) ** 0.5)
             self.funnel_q = param(rngs, he(dim_head), (heads, dim_head, funnel_dim), ("heads", None, None))

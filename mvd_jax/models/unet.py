@@ -48,7 +48,7 @@ class SpatioTemporalUNet(nnx.Module):
         opts = BlockOptions(plan, collapse_cross_attention=c.collapse_cross_attention,
                             attention_funnel_factor=c.funnel_factor if c.funnel_target == "attention" else None,
                             conv_funnel_factor=c.funnel_factor if c.funnel_target == "conv" else None,
-                            funnels_merged=c.funnels_merged)
+                            funnels_merged=c.funnels_merged, low_rank_factor=c.low_rank_factor)
 
         self.conv_in = Conv(c.in_channels, boc[0], (3, 3), rngs=rngs)
         self.time_embedding = TimestepEmbedding(boc[0], temb, rngs=rngs)

@@ -34,6 +34,7 @@ class BlockOptions:
     attention_funnel_factor: float | None = None  # fun-factor r on self-attention (funnels.py)
     conv_funnel_factor: float | None = None  # fun-factor r inside the spatial res-blocks (funnels.py)
     funnels_merged: bool = False
+    low_rank_factor: float | None = None  # truncated-SVD self-attention projections (low_rank.py)
 
     def resnet(self, in_ch, out_ch, temb, eps, path, rngs):
         funnel = None
@@ -45,10 +46,12 @@ class BlockOptions:
 
     def transformer(self, heads, channels, depth, context_dim, path, rngs):
         gates = [self.plan.gate_index(f"{path}.temporal_transformer_blocks.{l}") for l in range(depth)]
-        funnel = None
+        funnel = None  # options of the self-attention (attn1) of every transformer layer
         if self.attention_funnel_factor is not None:
             funnel = dict(funnel_dim=funnel_width(channels // heads, self.attention_funnel_factor),
                           funnels_merged=self.funnels_merged)
+        if self.low_rank_factor is not None:
+            funnel = dict(funnel or {}, low_rank_factor=self.low_rank_factor)
         return TransformerSpatioTemporalModel(heads, channels // heads, channels, num_layers=depth,
                                               cross_attention_dim=context_dim, rngs=rngs, gate_indices=gates,
                                               collapse_cross_attention=self.collapse_cross_attention, funnel=funnel)

@@ -64,6 +64,8 @@ class UNetConfig:
     funnel_factor: float | None = None
     funnel_target: str = "attention"
     funnels_merged: bool = False
+    # Table 5 baseline: self-attention projections as rank-r truncated SVDs (models/low_rank.py).
+    low_rank_factor: float | None = None
 
     # ---- construction / validation -------------------------------------------------------------
     @classmethod
@@ -139,6 +141,8 @@ class UNetConfig:
                 raise UserError(f"block_out_channels[{i}]={c} is not divisible by num_attention_heads {self.heads[i]}")
         if self.funnel_factor is not None and not 0 < self.funnel_factor <= 1:
             raise UserError(f"funnel_factor must be in (0, 1], got {self.funnel_factor}")
+        if self.low_rank_factor is not None and not 0 < self.low_rank_factor <= 1:
+            raise UserError(f"low_rank_factor must be in (0, 1], got {self.low_rank_factor}")
         if self.funnel_target not in ("attention", "conv"):
             raise UserError(f"funnel_target must be 'attention' or 'conv', got {self.funnel_target!r}")
         if self.temporal_gating not in (None, "sampled", "l1"):
@@ -184,4 +188,4 @@ def _freeze(v):
 
 
 MOBILEVD_KEYS = ("collapse_cross_attention", "temporal_multiscale", "spatial_multiscale", "temporal_gating",
-                 "pruned_temporal_blocks", "funnel_factor", "funnel_target", "funnels_merged")
+                 "pruned_temporal_blocks", "funnel_factor", "funnel_target", "funnels_merged", "low_rank_factor")
