@@ -67,3 +67,18 @@ def _to_plain(x: Any):
     if isinstance(x, (list, tuple)):
         return [_to_plain(v) for v in x]
     return x
+
+
+def efficiency_row(name: str, model: UNetConfig, *, height: int, width: int, frames: int = 14,
+                   paper_tflops: float | None = None, paper_source: str = "") -> ml_collections.ConfigDict:
+    """The config of one efficiency-table row: a UNet at a video size, with the paper's number beside it."""
+    c = ml_collections.ConfigDict()
+    c.name = name
+    c.model = model.to_dict()
+    c.frames = frames
+    c.height = height
+    c.width = width
+    c.batch = 1
+    c.vae_scale_factor = 8
+    c.paper = ml_collections.ConfigDict(dict(tflops=paper_tflops, source=paper_source))
+    return c

@@ -27,6 +27,17 @@ from mvd_jax.errors import UserError, cli_main
 from mvd_jax.eval.flops import count_flops
 
 PAPER_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "paper")
+# Default row order: the paper's Table 2 progression, then the ablations of Tables 3–6.
+PAPER_ORDER = ["svd_1024x576", "svd_512x256", "xattn", "temporal_ms", "pruned_70", "mobilevd", "mobilevd_hd",
+               "spatial_ms", "spatial_temporal_ms", "funnels_r025", "funnels_r050", "funnels_r075",
+               "funnels_conv_r050", "lowrank_r050", "lowrank_r025", "pruned_80", "pruned_90", "l1_pruned_70"]
+
+
+def _paper_configs() -> list[str]:
+    found = sorted(glob.glob(os.path.join(PAPER_CONFIG_DIR, "*.py")))
+    rank = {name: i for i, name in enumerate(PAPER_ORDER)}
+    stem = lambda p: os.path.splitext(os.path.basename(p))[0]
+    return sorted(found, key=lambda p: (rank.get(stem(p), len(rank)), stem(p)))
 
 
 def unet_row(config, name: str | None = None) -> dict:
@@ -80,7 +91,7 @@ def main(argv=None):
     parser.add_argument("--configs", nargs="*", help="config files (file.py[:arg]); default: configs/paper/*.py")
     parser.add_argument("--format", choices=["table", "json"], default="table")
     args = parser.parse_args(argv)
-    specs = args.configs or sorted(glob.glob(os.path.join(PAPER_CONFIG_DIR, "*.py")))
+    specs = args.configs or _paper_configs()
     if not specs:
         raise UserError(f"no configs given and none found in {PAPER_CONFIG_DIR}")
     rows = [unet_row(load_config(spec), name=os.path.splitext(os.path.basename(spec.partition(":")[0]))[0])

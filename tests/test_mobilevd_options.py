@@ -165,3 +165,23 @@ def test_gated_model_equals_pruned_model(diffusers_unets):
         assert oracle.rel_l2(run(pruned, jnp.float64), run(model, jnp.float64, jnp.asarray(gates))) <= 1e-12
     # all gates on = the ungated model
     assert oracle.rel_l2(run(model, jnp.float32, jnp.ones(n_blocks)), run(model, jnp.float32)) <= 3e-6
+
+
+def test_l1_gating_baseline(diffusers_unets):
+    """Table 6's L1 baseline: continuous gates start at 1 (= SVD), the penalty is Σ|g|, top-n by |g|."""
+    _, folder = diffusers_unets("tiny")
+    model = load_with(folder, temporal_gating="l1")
+    gates = model.temporal_gates
+    n = len(temporal_block_names(model.config))
+    np.testing.assert_array_equal(np.asarray(gates.continuous()), np.ones(n))
+    assert float(gates.l1_penalty()) == n
+    grad = nnx.grad(lambda g: g.l1_penalty())(gates)
+    np.testing.assert_array_equal(np.asarray(grad.scales[...]), np.ones(n))
+    gates.scales[...] = jnp.linspace(-1.0, 0.5, n)
+    np.testing.assert_array_equal(np.asarray(gates.top_n(2)), [1, 1] + [0] * (n - 2))  # largest |g|: −1, −0.93…
+    inputs = oracle.random_inputs(oracle.SMALL_CONFIGS["tiny"], 1, 3, 8, 8, seed=9)
+    plain = jax_forward(load_unet(folder), inputs)
+    sample = jnp.asarray(inputs["sample"].transpose(0, 1, 3, 4, 2))
+    ones = model(sample, inputs["timestep"], inputs["encoder_hidden_states"], inputs["added_time_ids"],
+                 temporal_gates=jnp.ones(n))
+    assert oracle.rel_l2(np.asarray(ones).transpose(0, 1, 4, 2, 3), plain) <= 3e-6

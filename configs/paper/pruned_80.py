@@ -4,20 +4,13 @@ method 80 %.
 Efficiency table (params, TFLOPs per UNet forward):
     python -m mvd_jax.tables --configs=configs/paper/pruned_80.py
 """
-import ml_collections
-
+from mvd_jax.config import efficiency_row
 from mvd_jax.models.gates import SVD_BLOCKS_BY_COST
 from mvd_jax.models.unet_config import UNetConfig
 
 
 def get_config():
-    c = ml_collections.ConfigDict()
-    c.name = "pruned_80"
-    c.model = UNetConfig(collapse_cross_attention=True, temporal_multiscale=True, pruned_temporal_blocks=SVD_BLOCKS_BY_COST[:30]).to_dict()
-    c.frames = 14
-    c.height = 256
-    c.width = 512
-    c.batch = 1
-    c.vae_scale_factor = 8
-    c.paper = ml_collections.ConfigDict(dict(tflops=4.35, source="Table 6, our method 80 %"))
-    return c
+    model = UNetConfig(collapse_cross_attention=True, temporal_multiscale=True,
+                       pruned_temporal_blocks=SVD_BLOCKS_BY_COST[:30])
+    return efficiency_row("pruned_80", model, height=256, width=512, paper_tflops=4.35,
+                          paper_source="Table 6, our method 80 %")

@@ -4,19 +4,11 @@ Paper: Tables 2 and 3, + temporal multiscaling.
 Efficiency table (params, TFLOPs per UNet forward):
     python -m mvd_jax.tables --configs=configs/paper/temporal_ms.py
 """
-import ml_collections
-
+from mvd_jax.config import efficiency_row
 from mvd_jax.models.unet_config import UNetConfig
 
 
 def get_config():
-    c = ml_collections.ConfigDict()
-    c.name = "temporal_ms"
-    c.model = UNetConfig(collapse_cross_attention=True, temporal_multiscale=True).to_dict()
-    c.frames = 14
-    c.height = 256
-    c.width = 512
-    c.batch = 1
-    c.vae_scale_factor = 8
-    c.paper = ml_collections.ConfigDict(dict(tflops=5.42, source="Tables 2 and 3, + temporal multiscaling"))
-    return c
+    model = UNetConfig(collapse_cross_attention=True, temporal_multiscale=True)
+    return efficiency_row("temporal_ms", model, height=256, width=512, paper_tflops=5.42,
+                          paper_source="Tables 2 and 3, + temporal multiscaling")

@@ -174,17 +174,17 @@ def prune_temporal_blocks(model, gates=None, *, names=None):
     """
     import dataclasses
 
-    from mvd_jax.convert.diffusers_unet import unet_from_tensors, unet_to_tensors
+    # Imported here: the converter imports the models package.
+    from mvd_jax.convert.diffusers_unet import expected_parameters, unet_from_tensors, unet_to_tensors
 
     if (gates is None) == (names is None):
         raise ValueError("pass exactly one of gates= or names=")
     drop = set(blocks_to_prune(model, gates) if names is None else names)
     config = dataclasses.replace(model.config, temporal_gating=None,
                                  pruned_temporal_blocks=tuple(sorted(drop | set(model.config.pruned_temporal_blocks))))
-    tensors = unet_to_tensors(model)
-    from mvd_jax.convert.diffusers_unet import expected_parameters
-    keep = expected_parameters(config)
-    return unet_from_tensors({k: v for k, v in tensors.items() if k in keep}, config, source="pruned model")
+    keep = expected_parameters(config)  # the gate parameters and the removed blocks' weights are dropped
+    tensors = {k: v for k, v in unet_to_tensors(model).items() if k in keep}
+    return unet_from_tensors(tensors, config, source="pruned model")
 
 
 # ---- the efficiency tables' default pruning --------------------------------------------------
