@@ -18,6 +18,9 @@ CORE = [
     "numpy==2.4.6",
     "ml_dtypes==0.6.0",
     "safetensors==0.8.0",
+    "av==18.1.0",  # PyAV: video writing (and, later, decoding)
+    "pillow==13.0.0",
+    "tqdm==4.70.1",
 ]
 
 TEST = [

@@ -42,10 +42,11 @@ def guided_denoiser(model_fn, cond_latents, context, added_time_ids, min_scale: 
 
 
 def euler_sample(model_fn, noise, sigmas, cond_latents, context, added_time_ids, *, min_scale: float = 1.0,
-                 max_scale: float = 3.0):
+                 max_scale: float = 3.0, on_step=None):
     """Euler ODE sampling over `sigmas` (σ_0 > … > σ_{n−1}, 0), starting from `noise` (unit normal).
 
     x_0 = noise·√(σ_0²+1) (diffusers' initial scale); each step x ← x + (σ_next − σ)·(x − D(x; σ))/σ.
+    `on_step(i)` (optional, a host function) is called after each step, e.g. for a progress bar.
     """
     sigmas = jnp.asarray(sigmas, jnp.float32)
     denoiser = guided_denoiser(model_fn, cond_latents, context, added_time_ids, min_scale, max_scale)
@@ -54,7 +55,10 @@ def euler_sample(model_fn, noise, sigmas, cond_latents, context, added_time_ids,
     def step(i, x):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         d = denoiser(x, sigma)
-        return x + (sigma_next - sigma) * (x - d) / sigma
+        x = x + (sigma_next - sigma) * (x - d) / sigma
+        if on_step is not None:
+            jax.debug.callback(on_step, i, ordered=True)
+        return x
 
     return jax.lax.fori_loop(0, sigmas.shape[0] - 1, step, x)
 
