@@ -113,7 +113,7 @@ def test_merged_model_has_the_flops_of_the_reduced_width():
     sizes = {32: (h, w), 64: (h // 2, w // 2), 96: (h // 4, w // 4)}
     for c, layers_down, layers_up, depth in ((32, 2, 3, 1), (64, 2, 3, 2), (96, 2, 3, 1)):
         hh, ww = sizes[c]
-        n_spatial, n_temporal = hh * ww, t
+        n_spatial = hh * ww
         per_layer = (4 * 2 * t * n_spatial * c * c + 4 * t * n_spatial * n_spatial * c  # spatial attn1
                      + 4 * 2 * hh * ww * t * c * c + 4 * hh * ww * t * t * c)  # temporal attn1
         attn += per_layer * depth * (layers_down + layers_up)

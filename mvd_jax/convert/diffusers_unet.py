@@ -20,7 +20,6 @@ from flax import nnx
 from mvd_jax.convert.safetensors_io import read_header, read_safetensors, write_safetensors
 from mvd_jax.convert.sgm_names import SGM_PREFIX, diffusers_to_sgm
 from mvd_jax.convert.strict import (
-    CheckpointMismatchError,
     check_tensors,
     expected_from_module,
     folder_weights,
