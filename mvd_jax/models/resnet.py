@@ -34,7 +34,7 @@ class ResnetBlock2D(nnx.Module):
         mid = funnel_dim or out_channels
         self.norm1 = GroupNorm(in_channels, eps=eps, rngs=rngs)
         self.conv1 = Conv(in_channels, inner, (3, 3), rngs=rngs)
-        self.time_emb_proj = Linear(temb_channels, inner, rngs=rngs)
+        self.time_emb_proj = Linear(temb_channels, inner, rngs=rngs) if temb_channels is not None else None
         if funnel_dim and not funnels_merged:
             self.funnel_1 = Linear(out_channels, funnel_dim, use_bias=False, axes=("conv_out", None), rngs=rngs)
             self.funnel_2 = Linear(funnel_dim, out_channels, use_bias=False, axes=(None, "conv_in"), rngs=rngs)
@@ -44,9 +44,10 @@ class ResnetBlock2D(nnx.Module):
         self.conv2 = Conv(inner, out_channels, (3, 3), rngs=rngs)
         self.conv_shortcut = Conv(in_channels, out_channels, (1, 1), rngs=rngs) if in_channels != out_channels else None
 
-    def __call__(self, x, temb):
+    def __call__(self, x, temb=None):
         h = self.conv1(jax.nn.silu(self.norm1(x)))
-        h = h + self.time_emb_proj(jax.nn.silu(temb))[:, None, None, :]
+        if self.time_emb_proj is not None:
+            h = h + self.time_emb_proj(jax.nn.silu(temb))[:, None, None, :]
         if self.funnel_1 is not None:
             h = self.funnel_1(h)
         h = jax.nn.silu(self.norm2(h))
@@ -61,21 +62,24 @@ class TemporalResnetBlock(nnx.Module):
     """Like ResnetBlock2D but with Conv3d kernels (3, 1, 1): mixes each pixel across neighbouring frames.
 
     GroupNorm statistics span all frames of a clip (torch GroupNorm on (B, C, T, H, W)).
+    `temb_channels=None` (the VAE's decoder) drops the time-embedding projection.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, temb_channels: int, *, eps: float, rngs: nnx.Rngs):
+    def __init__(self, in_channels: int, out_channels: int, temb_channels: int | None, *, eps: float,
+                 rngs: nnx.Rngs):
         self.norm1 = GroupNorm(in_channels, eps=eps, rngs=rngs)
         self.conv1 = Conv(in_channels, out_channels, (3, 1, 1), padding=(1, 0, 0), rngs=rngs)
-        self.time_emb_proj = Linear(temb_channels, out_channels, rngs=rngs)
+        self.time_emb_proj = Linear(temb_channels, out_channels, rngs=rngs) if temb_channels is not None else None
         self.norm2 = GroupNorm(out_channels, eps=eps, rngs=rngs)
         self.conv2 = Conv(out_channels, out_channels, (3, 1, 1), padding=(1, 0, 0), rngs=rngs)
         self.conv_shortcut = (Conv(in_channels, out_channels, (1, 1, 1), rngs=rngs)
                               if in_channels != out_channels else None)
 
-    def __call__(self, x, temb):
-        # x: (B, T, H, W, C); temb: (B, T, Ct)
+    def __call__(self, x, temb=None):
+        # x: (B, T, H, W, C); temb: (B, T, Ct) or None
         h = self.conv1(jax.nn.silu(self.norm1(x)))
-        h = h + self.time_emb_proj(jax.nn.silu(temb))[:, :, None, None, :]
+        if self.time_emb_proj is not None:
+            h = h + self.time_emb_proj(jax.nn.silu(temb))[:, :, None, None, :]
         h = self.conv2(jax.nn.silu(self.norm2(h)))
         shortcut = self.conv_shortcut(x) if self.conv_shortcut is not None else x
         return shortcut + h
@@ -88,16 +92,28 @@ class AlphaBlender(nnx.Module):
     An optional temporal-block gate z (MobileVD §2(e), models/gates.py) scales the temporal share:
     out = x_s + z·(1−α)·(x_t − x_s), computed as z·blend + (1−z)·x_s so that z = 1 gives the ungated
     blend and z = 0 gives x_s bit for bit (a pruned block is then exactly its spatial half).
+
+    The temporal VAE decoder uses diffusers' other variant: merge_strategy "learned" (the indicator is
+    ignored) with `switch_spatial_to_temporal_mix`, i.e. α = 1 − sigmoid(mix_factor).
     """
 
-    def __init__(self, alpha: float, *, rngs: nnx.Rngs):
+    def __init__(self, alpha: float, *, rngs: nnx.Rngs, merge_strategy: str = "learned_with_images",
+                 switch_spatial_to_temporal_mix: bool = False):
         del rngs
+        if merge_strategy not in ("learned", "learned_with_images"):
+            raise ValueError(f"unsupported merge_strategy {merge_strategy!r}")
+        self.merge_strategy = merge_strategy
+        self.switch_spatial_to_temporal_mix = switch_spatial_to_temporal_mix
         self.mix_factor = nnx.Param(jnp.full((1,), alpha, jnp.float32), out_sharding=(None,), eager_sharding=False)
 
     def alpha(self, image_only_indicator):
         """(B, T) blend weights of the spatial branch."""
         learned = jax.nn.sigmoid(self.mix_factor[...][0])
-        return jnp.where(image_only_indicator.astype(bool), 1.0, learned)
+        if self.merge_strategy == "learned":
+            a = jnp.broadcast_to(learned, image_only_indicator.shape)
+        else:
+            a = jnp.where(image_only_indicator.astype(bool), 1.0, learned)
+        return 1.0 - a if self.switch_spatial_to_temporal_mix else a
 
     def __call__(self, x_spatial, x_temporal, image_only_indicator, gate=None):
         # x_*: (B, T, ...) — the caller arranges frames on axis 1.
@@ -117,8 +133,9 @@ class SpatioTemporalResBlock(nnx.Module):
     was pruned (no temporal_res_block / time_mixer parameters; the block is its spatial half).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, temb_channels: int, *, eps: float, rngs: nnx.Rngs,
-                 temporal_eps: float | None = None, gate_index: int | None = -1, funnel: dict | None = None):
+    def __init__(self, in_channels: int, out_channels: int, temb_channels: int | None, *, eps: float,
+                 rngs: nnx.Rngs, temporal_eps: float | None = None, gate_index: int | None = -1,
+                 funnel: dict | None = None, mixer: dict | None = None):
         self.spatial_res_block = ResnetBlock2D(in_channels, out_channels, temb_channels, eps=eps, rngs=rngs,
                                                **(funnel or {}))
         self.gate_index = gate_index
@@ -128,7 +145,8 @@ class SpatioTemporalResBlock(nnx.Module):
             self.temporal_res_block = TemporalResnetBlock(
                 out_channels, out_channels, temb_channels, eps=temporal_eps if temporal_eps is not None else eps,
                 rngs=rngs)
-            self.time_mixer = AlphaBlender(0.5, rngs=rngs)
+            # `mixer`: AlphaBlender options; the VAE decoder passes alpha 0, "learned", switched.
+            self.time_mixer = AlphaBlender(**{"alpha": 0.5, **(mixer or {})}, rngs=rngs)
 
     def __call__(self, x, temb, image_only_indicator, gates=None):
         x = self.spatial_res_block(x, temb)
@@ -137,7 +155,7 @@ class SpatioTemporalResBlock(nnx.Module):
         b, t = image_only_indicator.shape
         x_spatial = x.reshape(b, t, *x.shape[1:])
         with jax.named_scope(temporal_block_scope(self.gate_index)):  # lets the FLOP counter attribute it
-            x_temporal = self.temporal_res_block(x_spatial, temb.reshape(b, t, -1))
+            x_temporal = self.temporal_res_block(x_spatial, None if temb is None else temb.reshape(b, t, -1))
             gate = None if gates is None else gates[self.gate_index]
             out = self.time_mixer(x_spatial, x_temporal, image_only_indicator, gate)
         return out.reshape(b * t, *out.shape[2:])

@@ -1,0 +1,81 @@
+"""Checkpoint import/export for SVD's CLIP image encoder: transformers' `CLIPVisionModelWithProjection` ↔ NNX.
+
+SVD pipelines keep the encoder in `image_encoder/` as a transformers folder (`config.json` +
+`model.safetensors`). The NNX module (models/clip_vision.py) mirrors transformers' tree, so the
+generic rules of convert/strict.py map every parameter:
+  NNX path  vision_model/encoder/layers/0/self_attn/q_proj/kernel   (in, out)
+  torch     vision_model.encoder.layers.0.self_attn.q_proj.weight   (out, in)
+  NNX path  vision_model/embeddings/patch_embedding/kernel          (p, p, 3, D)
+  torch     vision_model.embeddings.patch_embedding.weight          (D, 3, p, p)
+Loading is strict. The one tolerated extra is `vision_model.embeddings.position_ids`: a non-persistent
+buffer (arange(num_positions)) that older transformers versions wrote into checkpoints; it holds no
+learned value, so it is dropped before the check. Anything else unexpected is an error.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mvd_jax.convert.safetensors_io import write_safetensors
+from mvd_jax.convert.strict import (
+    check_tensors,
+    expected_from_module,
+    folder_weights,
+    module_from_tensors,
+    module_to_tensors,
+    read_json_object,
+)
+from mvd_jax.models.clip_vision import TRANSFORMERS_CLASS, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+WEIGHTS_NAME = "model.safetensors"
+# Buffers (not parameters) that transformers checkpoints may carry; see the module docstring.
+KNOWN_BUFFERS = ("vision_model.embeddings.position_ids",)
+
+
+def abstract_image_encoder(config: CLIPVisionConfig) -> CLIPVisionModelWithProjection:
+    """The encoder with ShapeDtypeStruct leaves: shapes without memory."""
+    return nnx.eval_shape(lambda: CLIPVisionModelWithProjection(config, rngs=nnx.Rngs(0)))
+
+
+def _resolve_folder(folder: Path) -> Path:
+    """The encoder folder itself, or `image_encoder/` inside an SVD pipeline folder."""
+    if not (folder / "config.json").is_file() and (folder / "image_encoder" / "config.json").is_file():
+        return folder / "image_encoder"
+    return folder
+
+
+def image_encoder_from_tensors(tensors: dict[str, np.ndarray], config: CLIPVisionConfig, *,
+                               source: str = "<tensors>", dtype=jnp.float32) -> CLIPVisionModelWithProjection:
+    """Builds the encoder from transformers-named, torch-layout tensors (strictly checked)."""
+    tensors = {k: v for k, v in tensors.items() if k not in KNOWN_BUFFERS}
+    abstract = abstract_image_encoder(config)
+    check_tensors(tensors, expected_from_module(abstract), source, "the CLIP image encoder config")
+    return module_from_tensors(abstract, tensors, dtype=dtype)
+
+
+def load_image_encoder(folder, *, dtype=jnp.float32) -> CLIPVisionModelWithProjection:
+    """Loads a transformers `CLIPVisionModelWithProjection` folder (or an SVD pipeline folder's image_encoder/)."""
+    folder = _resolve_folder(Path(folder))
+    config = CLIPVisionConfig.from_dict(read_json_object(folder / "config.json", expected_class=TRANSFORMERS_CLASS))
+    return image_encoder_from_tensors(folder_weights(folder, WEIGHTS_NAME), config, source=str(folder), dtype=dtype)
+
+
+def image_encoder_to_tensors(model: CLIPVisionModelWithProjection) -> dict[str, np.ndarray]:
+    """transformers-named, torch-layout float32 NumPy arrays of every parameter."""
+    return module_to_tensors(model)
+
+
+def save_image_encoder(model: CLIPVisionModelWithProjection, folder) -> Path:
+    """Writes `config.json` + `model.safetensors` that transformers' from_pretrained loads."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (WEIGHTS_NAME + ".tmp")
+    write_safetensors(tmp, image_encoder_to_tensors(model), metadata={"format": "pt"})
+    os.replace(tmp, folder / WEIGHTS_NAME)  # never leave a half-written weights file under the real name
+    (folder / "config.json").write_text(json.dumps(model.config.to_transformers_dict(), indent=2) + "\n")
+    return folder

@@ -1,0 +1,121 @@
+"""End to end: image → video equals diffusers' StableVideoDiffusionPipeline on the same tiny random
+SVD folder (UNet + temporal VAE + CLIP image encoder), image and noise; and the sampling CLI."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import oracle
+
+H, W, T = 32, 48, 5
+
+
+@pytest.fixture(scope="module")
+def svd_folder(tmp_path_factory):
+    from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, StableVideoDiffusionPipeline
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from test_sampler_vs_diffusers import SVD_SCHEDULER
+
+    unet = oracle.random_diffusers_unet(dict(oracle.SMALL_CONFIGS["tiny"], cross_attention_dim=16), seed=3)
+    torch.manual_seed(0)
+    vae = AutoencoderKLTemporalDecoder(block_out_channels=(32, 64), layers_per_block=1, latent_channels=4,
+                                       down_block_types=("DownEncoderBlock2D",) * 2).eval()
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, projection_dim=16, num_hidden_layers=2, num_attention_heads=4,
+        image_size=224, patch_size=32, hidden_act="gelu")).eval()
+    with torch.no_grad():  # every parameter random, so nothing hides behind a default value
+        for model in (vae, encoder):
+            for name, p in model.named_parameters():
+                p.copy_(torch.randn(p.shape) / np.sqrt(p[0].numel()) if p.ndim >= 2 else
+                        (1 + 0.2 * torch.randn(p.shape) if "norm" in name and name.endswith("weight")
+                         else 0.2 * torch.randn(p.shape)))
+    pipe = StableVideoDiffusionPipeline(vae=vae, image_encoder=encoder, unet=unet,
+                                        scheduler=EulerDiscreteScheduler.from_config(SVD_SCHEDULER),
+                                        feature_extractor=CLIPImageProcessor())
+    folder = tmp_path_factory.mktemp("svd")
+    pipe.save_pretrained(folder)
+    return pipe, folder
+
+
+def _image(seed=0, size=(40, 30)):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("steps,max_scale,chunk", [(3, 3.0, 2), (1, 1.0, 2), (1, 3.0, None)])
+def test_pipeline_equals_diffusers(svd_folder, steps, max_scale, chunk):
+    """Measured: 1.8e-6 (3 steps), 1.9e-5 / 1.4e-5 (1 step; diffusers' Euler step x + (0 − σ)(x − D)/σ at
+    σ = 700 cancels digits in float32, ours too)."""
+    from mvd_jax.diffusion.pipeline import ImageToVideo, SampleOptions
+
+    pipe, folder = svd_folder
+    image = _image(steps)
+    latents = torch.randn((1, T, 4, H // 2, W // 2), generator=torch.Generator().manual_seed(1))
+    image_noise = torch.randn((1, 3, H, W), generator=torch.Generator().manual_seed(0))  # the pipeline's first draw
+    with torch.no_grad():
+        expected = pipe(image, height=H, width=W, num_frames=T, num_inference_steps=steps, min_guidance_scale=1.0,
+                        max_guidance_scale=max_scale, fps=7, motion_bucket_id=127, noise_aug_strength=0.02,
+                        decode_chunk_size=chunk, generator=torch.Generator().manual_seed(0), latents=latents,
+                        output_type="np").frames[0]
+
+    ours = ImageToVideo.from_folder(folder)
+    options = SampleOptions(num_frames=T, height=H, width=W, steps=steps, min_guidance_scale=1.0,
+                            max_guidance_scale=max_scale, decode_chunk_size=chunk)
+    got = ours(image, options, noise=latents.numpy().transpose(0, 1, 3, 4, 2),
+               image_noise=image_noise.numpy().transpose(0, 2, 3, 1))
+    assert got.shape == expected.shape == (T, H, W, 3)
+    assert oracle.rel_l2(got, expected) <= 1e-4
+
+
+def run_sample(*args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "mvd_jax.sample", *args], capture_output=True, text=True, env=env)
+
+
+def test_sample_cli_writes_a_playable_mp4(svd_folder, tmp_path):
+    import av
+
+    _, folder = svd_folder
+    _image(5).save(tmp_path / "in.png")
+    out = tmp_path / "clip.mp4"
+    proc = run_sample("--checkpoint", str(folder), "--image", str(tmp_path / "in.png"), "--out", str(out),
+                      "--steps", "2", "--frames", "4", "--height", "32", "--width", "48")
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {out}" in proc.stdout and "sampling" in proc.stdout
+    with av.open(str(out)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 4 and frames[0].shape == (32, 48, 3)
+
+
+@pytest.mark.parametrize("case", ["missing_image", "unreadable_image", "no_vae", "bad_size", "bad_suffix"])
+def test_sample_cli_errors(svd_folder, tmp_path, case):
+    import shutil
+
+    _, folder = svd_folder
+    image = tmp_path / "in.png"
+    _image().save(image)
+    out = tmp_path / "out.mp4"
+    args = dict(checkpoint=str(folder), image=str(image), out=str(out), height="32", width="48")
+    if case == "missing_image":
+        args["image"] = str(tmp_path / "nope.png")
+    elif case == "unreadable_image":
+        (tmp_path / "bad.png").write_bytes(b"not a png")
+        args["image"] = str(tmp_path / "bad.png")
+    elif case == "no_vae":
+        partial = tmp_path / "partial"
+        shutil.copytree(folder, partial)
+        shutil.rmtree(partial / "vae")
+        args["checkpoint"] = str(partial)
+    elif case == "bad_size":
+        args["height"] = "33"
+    else:
+        args["out"] = str(tmp_path / "out.avi")
+    proc = run_sample(*[x for k, v in args.items() for x in (f"--{k}", v)], "--steps", "1", "--frames", "2")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert not any(p.suffix in (".mp4", ".avi") for p in tmp_path.iterdir())
