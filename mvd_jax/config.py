@@ -25,6 +25,7 @@ KNOWN_KEYS = {
     "batch": "batch size of one UNet forward in the efficiency tables",
     "vae_scale_factor": "pixels per latent pixel (8 for SVD's VAE)",
     "paper": "reference numbers from the paper, for comparison only",
+    "data": "video data settings (e.g. data.fps: the clip frame rate; mvd_jax.data)",
 }
 
 

