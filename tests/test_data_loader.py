@@ -115,6 +115,11 @@ def test_two_hosts_see_disjoint_shards_whose_union_is_the_epoch(tmp_path):
         seen.append(paths)
     assert set(seen[0]).isdisjoint(seen[1])
     assert sorted(seen[0] + seen[1]) == sorted(e.path for e in entries)
+    # global batches: host blocks side by side equal the single-host batch, clip for clip (crops too)
+    single = list(loader(entries, batch_size=4, seed=3, drop_remainder=True))
+    hosts = [list(loader(entries, batch_size=2, seed=3, process_index=h, process_count=2)) for h in (0, 1)]
+    assert len(single) == 1
+    np.testing.assert_array_equal(single[0]["video"], np.concatenate([hosts[0][0]["video"], hosts[1][0]["video"]]))
 
 
 def test_bad_files_are_skipped_counted_and_listed(tmp_path):

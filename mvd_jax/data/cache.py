@@ -33,6 +33,7 @@ import numpy as np
 
 from mvd_jax.data.clips import ClipSpec, load_clip, to_model_range
 from mvd_jax.data.encode import ENCODED_KEYS
+from mvd_jax.data.host_shard import HostBlockShard
 from mvd_jax.data.manifest import VideoEntry, read_entries
 from mvd_jax.data.video_decode import VideoReadError
 from mvd_jax.errors import UserError, cli_main
@@ -234,7 +235,8 @@ def finish_cached_batch(batch: dict) -> dict:
 
 class CachedClipLoader:
     """Batches from a finished cache, with the keys of data.encode (plus `clip`): shuffled with a seed,
-    sharded per host, repeated, resumable through Grain's iterator state."""
+    repeated, sharded per host in blocks of the per-host batch (host_shard.py), resumable through
+    Grain's iterator state."""
 
     def __init__(self, cache_dir, *, batch_size: int, seed: int = 0, num_epochs: int | None = 1,
                  shuffle: bool = True, drop_remainder: bool = True, process_index: int | None = None,
@@ -249,7 +251,9 @@ class CachedClipLoader:
         ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(paths))
         if shuffle:
             ds = ds.shuffle(seed=seed)
-        ds = ds[index::count].repeat(num_epochs).map(deserialize).map(finish_cached_batch)
+        ds = ds.repeat(num_epochs)
+        ds = HostBlockShard(ds, block=batch_size, process_index=index, process_count=count)
+        ds = ds.map(deserialize).map(finish_cached_batch)
         self.dataset = ds.to_iter_dataset().batch(batch_size, drop_remainder=drop_remainder)
         self.num_clips = manifest["num_clips"]
 

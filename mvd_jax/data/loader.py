@@ -1,11 +1,13 @@
-"""The raw-video input pipeline on Grain: shuffle → per-host shard → decode clips in workers → skip bad
+"""The raw-video input pipeline on Grain: shuffle → decode clips (lazily, in workers) → per-host shard → skip bad
 files → batch.
 
-    MapDataset.source(entries).shuffle(seed)[p::P].repeat(epochs)   every host uses the same seed, so
-        the slices p = process_index of P = process_count are disjoint and their union is the epoch;
-        Grain reshuffles each epoch (seed ⊕ epoch), identically on every host;
-    .random_map(DecodeClip)   the clip's start frame and crop come from a generator Grain seeds from
-        (seed, element index): the same seed gives the same clips, with any number of workers;
+    MapDataset.source(entries).shuffle(seed).random_map(DecodeClip).repeat(epochs)   Grain reshuffles
+        and reseeds each epoch (seed ⊕ epoch); a clip's start frame and crop come from a generator seeded
+        by (seed, epoch, position), so the same seed gives the same clips with any number of workers
+        or hosts (the map is lazy: a host decodes only its own elements);
+    HostBlockShard   host p of P takes its contiguous block of every global batch (host_shard.py): the
+        hosts' shards are disjoint, their union is the stream, and P hosts assemble exactly the global
+        batches one host would;
     .to_iter_dataset().mp_prefetch(workers)   decoding in worker processes;
     .filter(SkipTracker)   in the main process: bad files are dropped, counted and listed;
     .batch(B).map(finish_batch)   uint8 → float32 in [−1, 1]; the conditioning image is frame 0.
@@ -27,6 +29,7 @@ import grain
 import numpy as np
 
 from mvd_jax.data.clips import ClipSpec, load_clip, to_model_range
+from mvd_jax.data.host_shard import HostBlockShard
 from mvd_jax.data.manifest import VideoEntry
 from mvd_jax.data.video_decode import VideoReadError
 from mvd_jax.errors import UserError
@@ -40,7 +43,7 @@ class NoUsableVideosError(UserError):
 
 @dataclasses.dataclass(frozen=True)
 class LoaderOptions:
-    batch_size: int = 1
+    batch_size: int = 1  # per host; the global batch is batch_size × process_count
     seed: int = 0
     num_epochs: int | None = 1  # None: repeat forever (training)
     num_workers: int = 0  # decoding processes; 0 decodes in the main process
@@ -138,9 +141,8 @@ class VideoClipLoader:
         ds = grain.MapDataset.source(self.entries)
         if options.shuffle:
             ds = ds.shuffle(seed=options.seed)
-        ds = ds[index::count]
-        ds = ds.repeat(options.num_epochs)
-        ds = ds.random_map(DecodeClip(spec), seed=options.seed)
+        ds = ds.random_map(DecodeClip(spec), seed=options.seed).repeat(options.num_epochs)
+        ds = HostBlockShard(ds, block=options.batch_size, process_index=index, process_count=count)
         it = ds.to_iter_dataset()
         if options.num_workers > 0:
             _ensure_absl_flags_parsed()
