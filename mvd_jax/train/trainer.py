@@ -1,0 +1,410 @@
+"""The diffusion-phase trainer, read top to bottom:
+
+    set-up → mesh → data → models → train state (sharded) → step → checkpoints → loop
+
+One program from a laptop CPU to a multi-host TPU pod: the mesh, the batch split and the parameter
+placement come from the config; every process runs this same file (`jax.distributed.initialize()`
+first when launched multi-host). The step is one jitted function with explicit in/out shardings and
+the train state donated. Randomness is a function of (seed, step, global example position) only, so
+a resumed run, a 1-device run and an 8-device run compute the same numbers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from mvd_jax.config import unet_config
+from mvd_jax.errors import UserError
+from mvd_jax.train import checkpoint as ckpt
+from mvd_jax.train import sharding as shd
+from mvd_jax.train.config import resolve
+from mvd_jax.train.loss import diffusion_loss
+from mvd_jax.train.metrics import MetricWriter
+from mvd_jax.train.model_state import (
+    ParamCodec,
+    build_unet,
+    ema_update,
+    init_unet_from_svd,
+    make_optimizer,
+    trainable_keys,
+    tree_finite,
+)
+
+
+class NonFiniteLossError(UserError):
+    """Training produced NaN/Inf and train.nan_policy is 'stop'."""
+
+
+# =============================================================================================
+# Set-up
+# =============================================================================================
+def build_autoencoder(cfg):
+    """(autoencoder, image encoder): SVD's VAE + CLIP from a folder, or the offline pixel stand-ins."""
+    a = cfg.autoencoder
+    if a.kind == "svd":
+        from mvd_jax.convert.diffusers_vae import load_vae
+        from mvd_jax.convert.transformers_clip import load_image_encoder
+
+        folder = Path(a.checkpoint)
+        return load_vae(folder / "vae"), load_image_encoder(folder / "image_encoder")
+    from mvd_jax.models.clip_vision import CLIPVisionConfig, CLIPVisionModelWithProjection
+    from mvd_jax.models.pixel_autoencoder import PixelAutoencoder, PixelAutoencoderConfig
+
+    clip = CLIPVisionConfig(hidden_size=a.clip_hidden_size, intermediate_size=2 * a.clip_hidden_size,
+                            projection_dim=unet_config(cfg).cross_attention_dim, num_hidden_layers=a.clip_layers,
+                            num_attention_heads=a.clip_heads, image_size=224, patch_size=a.clip_patch_size)
+    return (PixelAutoencoder(PixelAutoencoderConfig(factor=a.pixel_factor)),
+            CLIPVisionModelWithProjection(clip, rngs=nnx.Rngs(a.clip_seed)))
+
+
+def check_model_matches_data(cfg, unet_cfg, autoencoder):
+    factor = autoencoder.config.downsampling_factor
+    if cfg.height % factor or cfg.width % factor:
+        raise UserError(f"height/width {cfg.height}×{cfg.width} must be multiples of the autoencoder's factor {factor}")
+    latent = autoencoder.config.latent_channels
+    if unet_cfg.in_channels != 2 * latent or unet_cfg.out_channels != latent:
+        raise UserError(f"the UNet takes {unet_cfg.in_channels} channels in and {unet_cfg.out_channels} out; the "
+                        f"autoencoder gives {latent}-channel latents (in = 2·{latent}, out = {latent})")
+
+
+def make_data(cfg, per_host_batch: int, workdir: Path):
+    from mvd_jax.data.cache import CachedClipLoader
+    from mvd_jax.data.clips import ClipSpec
+    from mvd_jax.data.loader import LoaderOptions, VideoClipLoader
+    from mvd_jax.data.manifest import read_entries
+
+    d, t = cfg.data, cfg.train
+    if d.cache:
+        return CachedClipLoader(d.cache, batch_size=per_host_batch, seed=t.seed, num_epochs=None), True
+    spec = ClipSpec(num_frames=cfg.frames, height=cfg.height, width=cfg.width, fps=d.fps or None, crop=d.crop,
+                    default_motion_bucket_id=d.motion_bucket_id)
+    options = LoaderOptions(batch_size=per_host_batch, seed=t.seed, num_epochs=None, num_workers=d.workers)
+    return VideoClipLoader(read_entries(d.videos), spec, options, report_dir=workdir), False
+
+
+# =============================================================================================
+# The train state and the step
+# =============================================================================================
+@dataclasses.dataclass
+class Programs:
+    codec: ParamCodec
+    train_keys: list
+    frozen_keys: list
+    init_state: object  # jitted: (trainable, ) → state
+    train_step: object  # jitted: (state, frozen, batch) → (state, metrics)
+    encode: object  # jitted: (encoders, raw batch, step) → batch, or None for cached data
+    state_shardings: dict
+    frozen_shardings: dict
+    schedule: object
+
+
+def opt_state_shardings(abstract_opt_state, param_shardings: dict, mesh):
+    """Optimizer leaves that mirror a parameter (Adam's mu, nu) take its sharding; the rest (counts)
+    are replicated."""
+    def one(path, leaf):
+        for entry in path:
+            key = getattr(entry, "key", None)
+            if key in param_shardings and tuple(leaf.shape) == tuple(param_shardings[key][1]):
+                return param_shardings[key][0]
+        return shd.replicated(mesh)
+
+    return jax.tree_util.tree_map_with_path(one, abstract_opt_state)
+
+
+def build_programs(cfg, unet_abstract, mesh, encoders, tx, schedule) -> Programs:
+    t = cfg.train
+    codec = ParamCodec(unet_abstract)
+    keys = codec.keys
+    train_keys = trainable_keys(keys, t.trainable)
+    frozen_keys = [k for k in keys if k not in set(train_keys)]
+    logical = codec.logical_axes()
+    shapes = codec.shapes()
+    rules = dict(shd.DEFAULT_RULES)
+    sharding_of = {k: NamedSharding(mesh, shd._spec(shapes[k].shape, logical[k], mesh, rules)) for k in keys}
+    trainable_sh = {k: sharding_of[k] for k in train_keys}
+    frozen_sh = {k: sharding_of[k] for k in frozen_keys}
+    abstract_opt = jax.eval_shape(tx.init, {k: shapes[k] for k in train_keys})
+    opt_sh = opt_state_shardings(abstract_opt, {k: (trainable_sh[k], shapes[k].shape) for k in train_keys}, mesh)
+    rep = shd.replicated(mesh)
+    state_sh = {"params": trainable_sh, "ema": trainable_sh, "opt_state": opt_sh, "step": rep, "skipped": rep}
+    dtype = jnp.bfloat16 if t.dtype == "bfloat16" else jnp.float32
+    base_key = jax.random.key(t.seed)
+
+    def init_state(trainable):
+        # Jitted with out_shardings so Adam's moments are born sharded like the parameters.
+        return {"params": trainable, "ema": trainable, "opt_state": tx.init(trainable),
+                "step": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
+
+    init_state = jax.jit(init_state, out_shardings=state_sh)
+
+    def loss_on(params_train, frozen, batch, key):
+        unet = codec.merge({**frozen, **params_train})
+        unet.remat = t.remat  # rematerialise each block in the backward pass (models/unet.py)
+        return diffusion_loss(unet, batch, key, p_mean=t.p_mean, p_std=t.p_std, cond_dropout=t.cond_dropout,
+                              gate_keep=t.gate_keep, l1_weight=t.l1_weight, dtype=dtype)
+
+    grad_fn = jax.value_and_grad(loss_on, has_aux=True)
+
+    def train_step(state, frozen, batch):
+        step = state["step"]
+        key = jax.random.fold_in(base_key, step)
+        if t.grad_accum == 1:
+            (loss, aux), grads = grad_fn(state["params"], frozen, batch, key)
+        else:  # micro-batches in a scan: the summed gradient of equal parts equals the whole batch's
+            k = t.grad_accum
+            micro = jax.tree.map(lambda x: x.reshape(k, x.shape[0] // k, *x.shape[1:]), batch)
+
+            def body(carry, inp):
+                i, mb = inp
+                (l, a), g = grad_fn(state["params"], frozen, mb, jax.random.fold_in(key, i))
+                return jax.tree.map(jnp.add, carry, (l, a, g)), None
+
+            zero = jax.tree.map(jnp.zeros_like, (jnp.float32(0), {"denoising_loss": jnp.float32(0),
+                                                                 "sigma_mean": jnp.float32(0)}, state["params"]))
+            (loss, aux, grads), _ = jax.lax.scan(body, zero, (jnp.arange(k), micro))
+            loss, aux, grads = jax.tree.map(lambda x: x / k, (loss, aux, grads))
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        new = {"params": params, "opt_state": opt_state,
+               "ema": ema_update(state["ema"], params, cfg.optimizer.ema_decay),
+               "step": step + 1, "skipped": state["skipped"]}
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & tree_finite(params)
+        # A non-finite step changes nothing but the step counter (the policy decides on the host).
+        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, {**state, "step": step + 1})
+        new["skipped"] = state["skipped"] + (~finite).astype(jnp.int32)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(step), "finite": finite, **aux}
+        return new, metrics
+
+    batch_sh = {k: shd.batch_sharding(mesh, n) for k, n in
+                (("latents", 5), ("cond_latent", 4), ("image_embeds", 3), ("added_time_ids", 2))}
+    train_step = jax.jit(train_step, in_shardings=(state_sh, frozen_sh, batch_sh),
+                         out_shardings=(state_sh, rep), donate_argnums=(0,))
+
+    encode = None
+    if encoders is not None:
+        from mvd_jax.data.encode import encode_clips
+
+        enc_graph, _ = nnx.split(encoders)
+        aug_key, noise_key = jax.random.key(t.seed + 1), jax.random.key(t.seed + 2)
+
+        def encode_fn(enc_state, video, fps, motion, step):
+            vae, image_encoder = nnx.merge(enc_graph, enc_state)
+            b = video.shape[0]
+            aug = jnp.exp(t.noise_aug_p_mean + t.noise_aug_p_std
+                          * jax.random.normal(jax.random.fold_in(aug_key, step), (b,)))
+            keys = jax.random.split(jax.random.fold_in(noise_key, step), b)
+            return encode_clips(vae, image_encoder, video, fps, motion, aug, keys)
+
+        encode = jax.jit(encode_fn, out_shardings=batch_sh)
+    return Programs(codec, train_keys, frozen_keys, init_state, train_step, encode, state_sh, frozen_sh, schedule)
+
+
+# =============================================================================================
+# The run
+# =============================================================================================
+class _Preemption:
+    """SIGTERM (TPU preemption, `kill`): finish the current step, checkpoint, exit 0."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._old)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    metrics: dict  # the last logged step's metrics, as floats
+    state: dict  # the train state: params (trainable), ema, opt_state, step, skipped — jax.Arrays on the mesh
+    frozen: dict  # the parameters that were not trained
+
+
+def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResult:
+    """Runs (or resumes) training in `workdir` up to `train.steps`."""
+    # ---- set-up ------------------------------------------------------------------------------
+    cfg = resolve(config)
+    t = cfg.train
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    unet_cfg = dataclasses.replace(unet_config(cfg), num_frames=cfg.frames)
+    is_main = jax.process_index() == 0
+
+    # ---- mesh --------------------------------------------------------------------------------
+    mesh = shd.make_mesh(dict(cfg.mesh))
+    per_host = shd.check_batch(t.batch_size, mesh, jax.process_count())
+    if (t.batch_size // t.grad_accum) % shd.data_parallel_size(mesh):
+        raise UserError(f"the micro-batch {t.batch_size // t.grad_accum} (batch_size / grad_accum) is not divisible "
+                        f"by the data-parallel mesh size {shd.data_parallel_size(mesh)}")
+
+    # ---- data --------------------------------------------------------------------------------
+    autoencoder, image_encoder = build_autoencoder(cfg)
+    check_model_matches_data(cfg, unet_cfg, autoencoder)
+    loader, cached = make_data(cfg, per_host, workdir)
+    data_iter = iter(loader)
+
+    # ---- models and optimizer ----------------------------------------------------------------
+    tx, schedule = make_optimizer(cfg.optimizer)
+    unet_abstract = nnx.eval_shape(lambda: build_unet(unet_cfg, t.seed))
+    encoders = None if cached else (autoencoder, image_encoder)
+    programs = build_programs(cfg, unet_abstract, mesh, encoders, tx, schedule)
+    enc_state = None
+    if encoders is not None:
+        enc_state = jax.device_put(nnx.state(encoders), shd.replicated(mesh))
+
+    # ---- train state: restore, or initialise (from SVD weights or at random) ------------------
+    manager = ckpt.CheckpointManager(workdir / "checkpoints", keep=t.keep_checkpoints)
+    manager.check_config(cfg)
+    abstract_state = jax.eval_shape(programs.init_state, {k: programs.codec.shapes()[k] for k in programs.train_keys})
+    restored = manager.restore_latest(abstract_state, programs.state_shardings, programs.frozen_shardings,
+                                      data_iter)
+    if restored is not None:
+        state, frozen = restored
+        log(f"resumed from step {int(state['step'])} in {workdir / 'checkpoints'}")
+    else:
+        unet = init_unet_from_svd(cfg.init_from, unet_cfg) if cfg.init_from else build_unet(unet_cfg, t.seed)
+        params = programs.codec.to_dict(unet)
+        frozen = jax.device_put({k: params[k] for k in programs.frozen_keys}, programs.frozen_shardings)
+        trainable = jax.device_put({k: params[k] for k in programs.train_keys},
+                                   {k: programs.state_shardings["params"][k] for k in programs.train_keys})
+        state = programs.init_state(trainable)
+        manager.save_config(cfg)
+    start = int(state["step"])
+
+    # ---- loop --------------------------------------------------------------------------------
+    writer = MetricWriter(workdir, enabled=is_main)
+    preempt = _Preemption()
+    flops_per_step = None
+    last = {}
+    sample_batch = None
+    try:
+        from tqdm import tqdm
+
+        bar = tqdm(total=t.steps, initial=start, desc="training", unit="step", disable=not is_main,
+                   mininterval=1.0, file=sys.stderr)
+        t_last, steps_since = time.perf_counter(), 0
+        for step in range(start, t.steps):
+            batch = _next_batch(data_iter, mesh, programs, enc_state, step, cached)
+            if sample_batch is None:
+                sample_batch = batch
+            if flops_per_step is None:
+                flops_per_step = _step_flops(programs.train_step, state, frozen, batch)
+            state, metrics = programs.train_step(state, frozen, batch)
+            steps_since += 1
+            done = step + 1
+            if not bool(metrics["finite"]):
+                if t.nan_policy == "stop":
+                    raise NonFiniteLossError(
+                        f"non-finite loss or gradients at step {done} (loss {float(metrics['loss'])}, grad norm "
+                        f"{float(metrics['grad_norm'])}); the last good checkpoint is kept in "
+                        f"{workdir / 'checkpoints'}; lower the learning rate or set train.nan_policy='skip'")
+                log(f"step {done}: non-finite loss skipped ({int(state['skipped'])} so far)")
+            if done % t.log_every == 0 or done == t.steps or done == start + 1:
+                elapsed = time.perf_counter() - t_last
+                rate = steps_since / elapsed if elapsed > 0 else float("nan")
+                last = {k: float(v) for k, v in metrics.items()}
+                last.update(steps_per_s=rate, examples_per_s=rate * t.batch_size, skipped=int(state["skipped"]))
+                if flops_per_step:
+                    last["tflops_per_device"] = flops_per_step * rate / 1e12 / jax.device_count()
+                last.update(_gate_metrics(programs, state, frozen))
+                writer.write(done, last)
+                bar.set_postfix(loss=f"{last['loss']:.4f}")
+                t_last, steps_since = time.perf_counter(), 0
+            bar.update(1)
+            if t.sample_every and done % t.sample_every == 0:
+                _write_sample(cfg, programs, state, frozen, autoencoder, sample_batch, workdir, done, is_main)
+            if done % t.checkpoint_every == 0 or done == t.steps or preempt.requested:
+                manager.save(done, state, frozen, data_iter)
+            if preempt.requested:
+                manager.wait()
+                log(f"SIGTERM: saved step {done} to {workdir / 'checkpoints'}; exiting")
+                return TrainResult(last, state, frozen)
+        bar.close()
+        manager.wait()
+        if t.sample_at_end and start < t.steps and sample_batch is not None:
+            path = _write_sample(cfg, programs, state, frozen, autoencoder, sample_batch, workdir, t.steps, is_main)
+            if path:
+                log(f"sample video: {path}")
+    finally:
+        preempt.restore()
+        writer.close()
+        manager.close()
+    return TrainResult(last, state, frozen)
+
+
+def _next_batch(data_iter, mesh, programs, enc_state, step, cached):
+    local = next(data_iter)
+    if cached:
+        local = {k: local[k] for k in ("latents", "cond_latent", "image_embeds", "added_time_ids")}
+        return shd.global_batch(local, mesh)
+    raw = shd.global_batch({k: local[k] for k in ("video", "fps", "motion_bucket_id")}, mesh)
+    return programs.encode(enc_state, raw["video"], raw["fps"], raw["motion_bucket_id"], jnp.int32(step))
+
+
+def _step_flops(train_step, state, frozen, batch):
+    """FLOPs of one step from XLA's cost analysis of the lowered step (no extra compile)."""
+    try:
+        cost = train_step.lower(state, frozen, batch).cost_analysis()
+        if isinstance(cost, list):
+            cost = cost[0]
+        return float(cost.get("flops", 0.0)) or None
+    except Exception:  # cost analysis is a report, never a reason to stop training
+        return None
+
+
+def _gate_metrics(programs, state, frozen):
+    key = "temporal_gates/logits"
+    if key not in programs.codec.keys:
+        return {}
+    logits = state["params"][key] if key in state["params"] else frozen[key]
+    return {f"gate_logit_{i}": float(v) for i, v in enumerate(np.asarray(logits))}
+
+
+def _write_sample(cfg, programs, state, frozen, autoencoder, batch, workdir, step, is_main):
+    """A sample video from the EMA parameters: Euler with guidance off, conditioned on the first clip of
+    the first batch; written by process 0 to workdir/samples/step_N.mp4."""
+    from mvd_jax.diffusion import edm, samplers
+    from mvd_jax.video_io import write_video
+
+    if jax.process_count() > 1:  # the arrays are not all addressable here; sampling is single-process
+        return None
+    unet = programs.codec.merge({**jax.device_get(frozen), **jax.device_get(state["ema"])})
+    first = jax.tree.map(lambda x: np.asarray(jax.device_get(x))[:1], batch)
+    t = cfg.frames
+    latents_shape = first["latents"].shape
+    sigmas = edm.karras_sigmas(cfg.train.sample_steps)
+    noise = jax.random.normal(jax.random.key(cfg.train.seed + 3), latents_shape)
+    cond = jnp.repeat(jnp.asarray(first["cond_latent"])[:, None], t, axis=1)
+    graphdef, st = nnx.split(unet)
+
+    @jax.jit
+    def run(st, noise, cond, embeds, ids):
+        model = nnx.merge(graphdef, st)
+        return samplers.euler_sample(lambda *a: model(*a), noise, sigmas, cond, embeds, ids, min_scale=1.0,
+                                     max_scale=1.0)
+
+    x = run(st, noise, cond, jnp.asarray(first["image_embeds"]), jnp.asarray(first["added_time_ids"]))
+    z = x[0] / autoencoder.config.scaling_factor
+    frames = np.asarray(jnp.clip(autoencoder.decode(z, t) / 2 + 0.5, 0, 1))
+    if not is_main:
+        return None
+    out = Path(workdir) / "samples"
+    out.mkdir(exist_ok=True)
+    return write_video(out / f"step_{step:07d}.mp4", frames, int(round(cfg.data.fps or 7)))
