@@ -178,9 +178,9 @@ def test_resuming_with_an_incompatible_config_is_refused(env, uninterrupted, tmp
     import shutil
 
     shutil.copytree(uninterrupted / "checkpoints", tmp_path / "checkpoints")
-    proc = cli(env, tmp_path, "--config.train.steps=13", "--config.model.block_out_channels=(64,)")
+    proc = cli(env, tmp_path, "--config.train.steps=13", "--config.model.layers_per_block=2")
     assert proc.returncode == 2
-    assert "incompatible config" in proc.stderr and "block_out_channels" in proc.stderr
+    assert "incompatible config" in proc.stderr and "layers_per_block 1 → 2" in proc.stderr
 
 
 def test_loss_falls_on_a_fixed_batch_and_ema_follows_its_recursion(env):
