@@ -37,11 +37,18 @@ def write_video(path, frames: np.ndarray, fps: int) -> Path:
             _write_gif(tmp, frames, fps)
         else:
             _write_mp4(tmp, frames, fps)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the video gets the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _write_mp4(path: str, frames: np.ndarray, fps: int) -> None:

@@ -48,7 +48,7 @@ def main(argv):
         sys.exit(2)
     if metrics and jax.process_index() == 0:
         print("final: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
-                                    if k in ("loss", "grad_norm", "steps_per_s")))
+                                    if k in ("loss_avg", "grad_norm", "steps_per_s")))
 
 
 if __name__ == "__main__":

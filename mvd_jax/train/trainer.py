@@ -300,6 +300,7 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
         bar = tqdm(total=t.steps, initial=start, desc="training", unit="step", disable=not is_main,
                    mininterval=1.0, file=sys.stderr)
         t_last, steps_since = time.perf_counter(), 0
+        window = []  # per-step losses since the last log (device scalars: no host sync per step)
         for step in range(start, t.steps):
             batch = _next_batch(data_iter, mesh, programs, enc_state, step, cached)
             if sample_batch is None:
@@ -307,6 +308,7 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
             if flops_per_step is None:
                 flops_per_step = _step_flops(programs.train_step, state, frozen, batch)
             state, metrics = programs.train_step(state, frozen, batch)
+            window.append(metrics["loss"])
             steps_since += 1
             done = step + 1
             if not bool(metrics["finite"]):
@@ -320,12 +322,15 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
                 elapsed = time.perf_counter() - t_last
                 rate = steps_since / elapsed if elapsed > 0 else float("nan")
                 last = {k: float(v) for k, v in metrics.items()}
+                # one step's loss swings with its random σ; the interval mean shows the trend
+                last["loss_avg"] = float(np.mean([float(x) for x in window]))
+                window = []
                 last.update(steps_per_s=rate, examples_per_s=rate * t.batch_size, skipped=int(state["skipped"]))
                 if flops_per_step:
                     last["tflops_per_device"] = flops_per_step * rate / 1e12 / jax.device_count()
                 last.update(_gate_metrics(programs, state, frozen))
                 writer.write(done, last)
-                bar.set_postfix(loss=f"{last['loss']:.4f}")
+                bar.set_postfix(loss_avg=f"{last['loss_avg']:.4f}")
                 t_last, steps_since = time.perf_counter(), 0
             bar.update(1)
             if t.sample_every and done % t.sample_every == 0:
