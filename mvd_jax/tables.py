@@ -1,7 +1,8 @@
-"""Efficiency table: parameters and TFLOPs per UNet forward for paper configs.
+"""Efficiency table: parameters and TFLOPs per UNet forward for paper configs; with measured FVDs.
 
     python -m mvd_jax.tables                       # every config in configs/paper/
     python -m mvd_jax.tables --configs=configs/paper/svd_512x256.py --format=json
+    python -m mvd_jax.tables --results RUNS/       # + UCF-101 FVDs, the paper's numbers beside ours
 
 Nothing is materialised: the UNet is built with `nnx.eval_shape` and its forward traced on
 ShapeDtypeStructs. `tflops` is the paper's convention (2 × multiply-adds of every conv and matmul,
@@ -85,18 +86,185 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, lines), "", note])
 
 
+# ---- quality: measured FVDs beside the paper's -------------------------------------------------------
+# The paper's UCF-101 FVDs by row (Tables 1–8; mobilevd_paper.md §3): row → (config, NFE, FVD at 25 fps,
+# FVD at 7 fps, source). Two Table 2 rows share a config with another row because only the weights
+# differ (finetuned / adversarially distilled); ucf101.py's `--name` picks the row. The ablations
+# (Tables 3–6) report the 25-fps FVD only and start from the 1-step adversarially finetuned model.
+PAPER_FVD = {
+    "svd_1024x576": ("svd_1024x576", 50, 140, 149, "Tables 1, 2 and 8, SVD 1024×576"),
+    "svd_512x256": ("svd_512x256", 50, 366, 476, "Table 2, SVD 512×256 zero-shot"),
+    "svd_512x256_ft": ("svd_512x256", 50, 194, 196, "Table 2, + low-resolution finetuning"),
+    "xattn": ("xattn", 50, 194, 196, "Table 2, + optimized cross-attention"),
+    "xattn_adv": ("xattn", 1, 133, 168, "Table 2, + adversarial finetuning"),
+    "temporal_ms": ("temporal_ms", 1, 139, 156, "Table 2, + temporal multiscaling (Table 3: 138)"),
+    "pruned_70": ("pruned_70", 1, 127, 150, "Tables 2 and 6, + temporal block pruning"),
+    "mobilevd": ("mobilevd", 1, 149, 171, "Tables 1 and 2, MobileVD (+ channel funneling)"),
+    "mobilevd_hd": ("mobilevd_hd", 1, 126, 184, "Tables 7 and 8, MobileVD-HD"),
+    "spatial_ms": ("spatial_ms", 1, 145, None, "Table 3, spatial ms."),
+    "spatial_temporal_ms": ("spatial_temporal_ms", 1, 163, None, "Table 3, spatial + temporal ms."),
+    "funnels_r025": ("funnels_r025", 1, 155, None, "Table 4, CSI 0.25"),
+    "funnels_r050": ("funnels_r050", 1, 132, None, "Tables 4 and 5, funnels 0.5"),
+    "funnels_r075": ("funnels_r075", 1, 145, None, "Table 4, CSI 0.75"),
+    "funnels_conv_r050": ("funnels_conv_r050", 1, 139, None, "Table 5, funnels (convolutions) 0.5"),
+    "lowrank_r050": ("lowrank_r050", 1, 142, None, "Table 5, truncated SVD 0.5"),
+    "lowrank_r025": ("lowrank_r025", 1, 130, None, "Table 5, truncated SVD 0.25"),
+    "pruned_80": ("pruned_80", 1, 245, None, "Table 6, our method 80 %"),
+    "pruned_90": ("pruned_90", 1, 201, None, "Table 6, our method 90 %"),
+    "l1_pruned_70": ("l1_pruned_70", 1, 207, None, "Table 6, L1 regularization 70 %"),
+}
+RESULT_KIND = "mvd_jax.eval.ucf101"
+QUALITY_COLUMNS = ["row", "config", "nfe", "paper_nfe", "fvd_25fps", "videos_25fps", "paper_fvd_25fps",
+                   "fvd_7fps", "videos_7fps", "paper_fvd_7fps", "tflops", "paper_tflops", "params", "paper_source"]
+
+
+def load_results(folder) -> dict[tuple[str, int], dict]:
+    """(row name, fps) → result, from every ucf101 result.json under `folder` (recursive)."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"results folder not found: {folder}")
+    found: dict[tuple[str, int], dict] = {}
+    for path in sorted(folder.rglob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            print(f"note: skipping {path} (not readable JSON)", file=sys.stderr)
+            continue
+        if not isinstance(data, dict) or data.get("kind") != RESULT_KIND:
+            continue  # settings, selections, FVD-only results: not table rows
+        missing = [k for k in ("name", "fps", "fvd", "nfe", "videos_used") if k not in data]
+        if missing:
+            raise UserError(f"{path} is an incomplete ucf101 result: no {', '.join(missing)}")
+        key = (str(data["name"]), int(data["fps"]))
+        if key in found:
+            raise UserError(f"two results for row {key[0]!r} at {key[1]} fps: {found[key]['_path']} and {path}; "
+                            f"keep one or give one a different --name")
+        found[key] = {**data, "_path": str(path)}
+    if not found:
+        raise UserError(f"no UCF-101 results (result.json of python -m mvd_jax.eval.ucf101) under {folder}")
+    return found
+
+
+def quality_rows(results: dict[tuple[str, int], dict], efficiency: dict[str, dict]) -> list[dict]:
+    """One row per paper row whose config is in `efficiency` and per measured row name, paper order
+    first; our FVD at 25 and 7 fps beside the paper's, TFLOPs and params from `efficiency` (config → row)."""
+    names = [n for n, v in PAPER_FVD.items() if v[0] in efficiency]
+    names += sorted({n for n, _ in results} - set(names), key=lambda n: (n not in PAPER_FVD, n))
+    rows = []
+    for name in names:
+        measured = {fps: results.get((name, fps)) for fps in (25, 7)}
+        any_result = next((r for r in measured.values() if r), None)
+        paper = PAPER_FVD.get(name)
+        config = paper[0] if paper else (any_result or {}).get("config")
+        eff = efficiency.get(config) or {}
+        nfes = sorted({r["nfe"] for r in measured.values() if r})
+        rows.append({
+            "row": name, "config": config,
+            "nfe": "/".join(map(str, nfes)) or None, "paper_nfe": paper[1] if paper else None,
+            "fvd_25fps": measured[25]["fvd"] if measured[25] else None,
+            "videos_25fps": measured[25]["videos_used"] if measured[25] else None,
+            "paper_fvd_25fps": paper[2] if paper else None,
+            "fvd_7fps": measured[7]["fvd"] if measured[7] else None,
+            "videos_7fps": measured[7]["videos_used"] if measured[7] else None,
+            "paper_fvd_7fps": paper[3] if paper else None,
+            "tflops": eff.get("tflops"), "paper_tflops": eff.get("paper_tflops"), "params": eff.get("params"),
+            "paper_source": paper[4] if paper else None,
+        })
+    return rows
+
+
+def format_quality_markdown(rows: list[dict]) -> str:
+    num = lambda v, f="{:.1f}": "–" if v is None else f.format(v)
+    fvd = lambda v, n: "–" if v is None else f"{v:.1f} (n={n})"
+    head = ["row", "config", "NFE", "paper NFE", "FVD 25 fps", "paper", "FVD 7 fps", "paper", "TFLOPs",
+            "paper TFLOPs", "params"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["row"], r["config"] or "–", r["nfe"] or "–", num(r["paper_nfe"], "{}"),
+                 fvd(r["fvd_25fps"], r["videos_25fps"]), num(r["paper_fvd_25fps"], "{}"),
+                 fvd(r["fvd_7fps"], r["videos_7fps"]), num(r["paper_fvd_7fps"], "{}"),
+                 num(r["tflops"], "{:.2f}"), num(r["paper_tflops"], "{:.2f}"), num(r["params"], "{:,}")]
+        lines.append("| " + " | ".join(cells) + " |")
+    note = ("FVD on UCF-101 (python -m mvd_jax.eval.ucf101; n = videos). The paper does not state its number "
+            "of videos; FVD falls as n grows, so compare at equal n only. TFLOPs per UNet forward (2·MACs).")
+    return "\n".join(lines + ["", note])
+
+
+def write_quality_csv(rows: list[dict], path) -> None:
+    import csv
+
+    def write(f):
+        writer = csv.DictWriter(f, QUALITY_COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: ("" if r[k] is None else r[k]) for k in QUALITY_COLUMNS} for r in rows)
+
+    _atomic_write(path, write)
+
+
+def _atomic_write(path, write) -> None:
+    import tempfile
+
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".table.", dir=directory)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _efficiency_for(results, specs: list[str] | None) -> dict[str, dict]:
+    """config name → efficiency row: the chosen configs (default: configs/paper/), plus the configs of
+    measured rows (from configs/paper/ or the path the result recorded)."""
+    chosen = {_stem(s): s for s in (specs or _paper_configs())}
+    for r in results.values():
+        name = PAPER_FVD[r["name"]][0] if r["name"] in PAPER_FVD else r.get("config")
+        if not name or name in chosen:
+            continue
+        for candidate in (os.path.join(PAPER_CONFIG_DIR, name + ".py"), r.get("config_path")):
+            if candidate and os.path.isfile(candidate.partition(":")[0]):
+                chosen[name] = candidate
+                break
+    return {name: unet_row(load_config(spec), name=name) for name, spec in chosen.items()}
+
+
+def _stem(spec: str) -> str:
+    return os.path.splitext(os.path.basename(spec.partition(":")[0]))[0]
+
+
 @cli_main
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m mvd_jax.tables", description=__doc__.split("\n")[0])
     parser.add_argument("--configs", nargs="*", help="config files (file.py[:arg]); default: configs/paper/*.py")
     parser.add_argument("--format", choices=["table", "json"], default="table")
+    parser.add_argument("--results", default=None,
+                        help="folder of ucf101 result.json files: adds FVD columns, the paper's beside ours, and "
+                             "writes quality_table.md and quality_table.csv there")
     args = parser.parse_args(argv)
+    if args.results:
+        return _quality_main(args)
     specs = args.configs or _paper_configs()
     if not specs:
         raise UserError(f"no configs given and none found in {PAPER_CONFIG_DIR}")
-    rows = [unet_row(load_config(spec), name=os.path.splitext(os.path.basename(spec.partition(":")[0]))[0])
-            for spec in specs]
+    rows = [unet_row(load_config(spec), name=_stem(spec)) for spec in specs]
     print(json.dumps(rows, indent=2) if args.format == "json" else format_table(rows))
+
+
+def _quality_main(args):
+    results = load_results(args.results)  # checked before the (slower) efficiency rows
+    rows = quality_rows(results, _efficiency_for(results, args.configs))
+    md_path = os.path.join(args.results, "quality_table.md")
+    csv_path = os.path.join(args.results, "quality_table.csv")
+    markdown = format_quality_markdown(rows)
+    _atomic_write(md_path, lambda f: f.write(markdown + "\n"))
+    write_quality_csv(rows, csv_path)
+    print(json.dumps(rows, indent=2) if args.format == "json" else markdown)
+    print(f"wrote {md_path} and {csv_path}", file=sys.stderr)
+    return rows
 
 
 if __name__ == "__main__":
