@@ -24,8 +24,13 @@ def random_diffusers_unet(config: dict, seed: int = 0) -> UNetSpatioTemporalCond
     """A diffusers UNet whose every parameter is random (norm scales, biases and mix factors included),
     so a mis-mapped parameter cannot hide behind a default value like 1, 0 or 0.5."""
     torch.manual_seed(seed)
-    model = UNetSpatioTemporalConditionModel(**config).eval()
-    g = torch.Generator().manual_seed(seed + 1)
+    return randomize_parameters(UNetSpatioTemporalConditionModel(**config).eval(), seed + 1)
+
+
+def randomize_parameters(model, seed: int):
+    """Every parameter of a torch model drawn at random (in place; returns the model): matrices
+    N(0, 1/fan_in), mix factors N(0, 1), norm scales 1 + 0.2·N, everything else 0.2·N."""
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim >= 2:

@@ -243,8 +243,6 @@ def test_bad_settings_fail_clearly(tmp_path):
         mesh_shape({"data": 2, "fsdp": 2, "tensor": 2}, 4)
     with pytest.raises(UserError, match="unknown mesh axes"):
         mesh_shape({"model": 2}, 2)
-    import jax
-
     mesh = make_mesh({"data": -1})
     assert check_batch(4, mesh, 1) == 4
     fake = type("M", (), {"shape": {"data": 2, "fsdp": 4, "tensor": 1}})()  # only the mesh's shape is read

@@ -25,19 +25,8 @@ def random_vae(config: dict, seed: int):
     from diffusers import AutoencoderKLTemporalDecoder
 
     torch.manual_seed(seed)
-    model = AutoencoderKLTemporalDecoder(**config).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():  # every parameter random: a mis-mapped one cannot hide behind a 0, 1 or 0.5
-        for name, p in model.named_parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) / np.sqrt(p[0].numel()))
-            elif name.endswith("mix_factor"):
-                p.copy_(torch.randn(p.shape, generator=g))
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.2 * torch.randn(p.shape, generator=g))
-    return model
+    # every parameter random: a mis-mapped one cannot hide behind a 0, 1 or 0.5
+    return oracle.randomize_parameters(AutoencoderKLTemporalDecoder(**config).eval(), seed + 1)
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS))

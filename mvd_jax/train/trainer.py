@@ -11,8 +11,6 @@ a resumed run, a 1-device run and an 8-device run compute the same numbers.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import signal
 import sys
 import time
@@ -24,7 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
 
 from mvd_jax.config import unet_config
 from mvd_jax.errors import UserError
