@@ -30,7 +30,9 @@ KNOWN_KEYS = {
     "train": "training loop settings (mvd_jax.train.config)",
     "optimizer": "AdamW, warm-up, clipping, EMA (mvd_jax.train.config)",
     "mesh": "device mesh sizes: data, fsdp, tensor (−1 = fill)",
-    "init_from": "an SVD diffusers folder to initialise the UNet from",
+    "init_from": "an SVD diffusers folder, or a previous stage's workdir, to initialise the UNet from",
+    "init_ema": "start from the previous stage's EMA weights (True) or its raw weights",
+    "prune_from_gates": "remove the temporal blocks the previous (gate-learning) stage's gates dropped",
 }
 
 
@@ -87,4 +89,9 @@ def efficiency_row(name: str, model: UNetConfig, *, height: int, width: int, fra
     c.batch = 1
     c.vae_scale_factor = 8
     c.paper = ml_collections.ConfigDict(dict(tflops=paper_tflops, source=paper_source))
-    return c
+    # The training sections too, so a table row is also a training config (SVD's VAE/CLIP supply the
+    # latents: --config.autoencoder.checkpoint=SVD_DIR) and `mvd_jax.train_compile` can size it.
+    from mvd_jax.train.config import resolve
+
+    c.autoencoder = dict(kind="svd")
+    return resolve(c)

@@ -124,6 +124,16 @@ def test_inclusion_probabilities_sum_to_n(seed, n):
         assert np.asarray(q)[~free].min() >= np.asarray(q)[free].max()
 
 
+def test_inclusion_probabilities_with_a_traced_keep_count_equal_the_static_ones():
+    """The trainer's keep-count schedule passes n as a traced integer inside the jitted step."""
+    q = jax.random.normal(jax.random.key(7), (38,)) * 2.0
+    traced = jax.jit(inclusion_probabilities)
+    for n in (1, 11, 20, 37, 38):
+        np.testing.assert_allclose(np.asarray(traced(q, jnp.int32(n))), np.asarray(inclusion_probabilities(q, n)),
+                                   rtol=1e-6, atol=1e-7)
+    assert np.all(np.asarray(traced(q, jnp.int32(38))) == 1.0)
+
+
 def test_straight_through_gradient_is_the_gradient_of_p():
     q = jax.random.normal(jax.random.key(3), (38,))
     w = jax.random.normal(jax.random.key(4), (38,))

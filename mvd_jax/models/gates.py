@@ -82,27 +82,28 @@ class TemporalBlockPlan:
 
 
 # ---- probabilities, sampling, top-n ------------------------------------------------------------
-def inclusion_probabilities(logits, n: int):
+def inclusion_probabilities(logits, n):
     """p_i = min(1, c·exp(q_i)) with Σ p = n (0 < n ≤ len(q)), differentiable in q.
 
     With the blocks sorted by q (descending), if the top k are capped at 1 then
     c_k = (n − k) / Σ_{i>k} exp(q_(i)); the solution is the smallest k for which c_k·exp(q_(k+1)) ≤ 1.
+    `n` may be a traced integer (the trainer's keep-count schedule); a Python int is range-checked.
     """
     q = jnp.asarray(logits, jnp.float32)
     m = q.shape[0]
-    if not 0 < n <= m:
+    if isinstance(n, (int, np.integer)) and not 0 < n <= m:
         raise ValueError(f"n (blocks to keep) must be in 1..{m}, got {n}")
-    if n == m:
-        return jnp.ones_like(q)
     order = jnp.argsort(-q)
     qs = q[order]
-    # log c_k for k = 0..n-1 (k ≥ n would leave n − k ≤ 0 mass for the rest).
+    # log c_k for every k < m; only k < n are candidates (k ≥ n would leave n − k ≤ 0 mass for the rest).
     suffix_lse = jax.lax.cumlogsumexp(qs[::-1])[::-1]  # logsumexp(qs[k:]) for each k
-    ks = jnp.arange(n)
-    log_c = jnp.log((n - ks).astype(jnp.float32)) - suffix_lse[:n]
-    valid = log_c + qs[:n] <= 0.0  # the (k+1)-th largest is not capped
-    k = jnp.argmax(valid)  # first valid k (one always exists: k = n−1 gives c·exp(q_(n)) ≤ 1)
-    return jnp.minimum(1.0, jnp.exp(q + log_c[k]))
+    ks = jnp.arange(m)
+    n_f = jnp.asarray(n, jnp.float32)
+    log_c = jnp.log(jnp.maximum(n_f - ks, 1.0)) - suffix_lse
+    valid = (log_c + qs <= 0.0) & (ks < n)  # the (k+1)-th largest is not capped
+    k = jnp.argmax(valid)  # first valid k (one always exists for n < m: k = n−1 gives c·exp(q_(n)) ≤ 1)
+    p = jnp.minimum(1.0, jnp.exp(q + log_c[k]))
+    return jnp.where(n_f >= m, jnp.ones_like(q), p)  # keeping every block: all gates are 1
 
 
 def straight_through(z, p):
@@ -110,7 +111,7 @@ def straight_through(z, p):
     return z + (p - jax.lax.stop_gradient(p))
 
 
-def sample_gates(key, logits, n: int):
+def sample_gates(key, logits, n):
     """0/1 gates z ~ Bernoulli(p(q, n)) with the straight-through gradient of p."""
     p = inclusion_probabilities(logits, n)
     z = jax.random.bernoulli(key, jax.lax.stop_gradient(p)).astype(p.dtype)
@@ -141,7 +142,7 @@ class TemporalGates(nnx.Module):
         else:
             self.scales = value
 
-    def sample(self, key, n: int):
+    def sample(self, key, n):
         return sample_gates(key, self.logits[...], n)
 
     def top_n(self, n: int):

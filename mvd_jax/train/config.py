@@ -34,6 +34,9 @@ def defaults() -> ml_collections.ConfigDict:
         noise_aug_p_mean=-3.0, noise_aug_p_std=0.5,  # ln(noise_aug_strength) ~ N(., .²) (SVD training)
         trainable="all",  # all | temporal | gates | funnels | funnels_gates | a regex over parameter paths
         gate_keep=0,  # temporal blocks kept per sampled gate vector (temporal_gating="sampled")
+        # keep-count schedule: from gate_keep_start (0: no schedule) down to gate_keep, linearly over
+        # gate_anneal_steps, so the model loses temporal capacity gradually rather than at step 0
+        gate_keep_start=0, gate_anneal_steps=0,
         l1_weight=0.0,  # L1 gate penalty (temporal_gating="l1")
         grad_accum=1,  # micro-batches per step
         nan_policy="stop",  # stop | skip
@@ -49,10 +52,13 @@ def defaults() -> ml_collections.ConfigDict:
     c.optimizer = dict(learning_rate=1e-4, warmup_steps=10, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
                        clip_norm=1.0, ema_decay=0.999)
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
-    c.init_from = ""  # an SVD diffusers folder (or its unet/) mapped into the config's UNet
+    c.init_from = ""  # an SVD diffusers folder (or its unet/), or a previous stage's workdir (train/stages.py)
+    c.init_ema = True  # from a previous stage: start from its EMA weights (False: its raw weights)
+    c.prune_from_gates = False  # from a gate-learning stage: remove the temporal blocks its gates dropped
     return c
 
 
+_OPTIONAL_MODEL_FIELDS = {"temporal_gating": str, "funnel_factor": float, "low_rank_factor": float}
 SECTIONS = ("data", "autoencoder", "train", "optimizer", "mesh")
 
 
@@ -69,11 +75,17 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         merged = base[section].to_dict()
         merged.update(dict(given))
         out[section] = merged
-    if "init_from" not in out:
-        out.init_from = base.init_from
+    for key in ("init_from", "init_ema", "prune_from_gates"):
+        if key not in out:
+            out[key] = base[key]
     for key in ("frames", "height", "width", "model"):
         if key not in out:
             raise UserError(f"a training config needs '{key}'")
+    # Model fields whose default is None get a type, so `--config.model.temporal_gating=sampled` or
+    # `--config.model.funnel_factor=0.5` can override them on the command line (absl cannot type a None).
+    for key, field_type in _OPTIONAL_MODEL_FIELDS.items():
+        if key in out.model and out.model[key] is None:
+            out.model[key] = ml_collections.FieldReference(None, field_type=field_type)
     t = out.train
     if t.nan_policy not in ("stop", "skip"):
         raise UserError(f"train.nan_policy must be 'stop' or 'skip', got {t.nan_policy!r}")
@@ -83,8 +95,17 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise UserError("train.steps, train.batch_size and train.grad_accum must be ≥ 1")
     if t.batch_size % t.grad_accum:
         raise UserError(f"train.batch_size {t.batch_size} is not divisible by train.grad_accum {t.grad_accum}")
+    if t.gate_keep_start and (t.gate_keep_start < t.gate_keep or t.gate_anneal_steps < 1):
+        raise UserError("train.gate_keep_start must be ≥ train.gate_keep, with train.gate_anneal_steps ≥ 1")
     if out.autoencoder.kind not in ("pixel", "svd"):
         raise UserError(f"autoencoder.kind must be 'pixel' or 'svd', got {out.autoencoder.kind!r}")
-    if out.autoencoder.kind == "svd" and not out.autoencoder.checkpoint:
-        raise UserError("autoencoder.kind 'svd' needs autoencoder.checkpoint (an SVD diffusers folder)")
     return out
+
+
+def latent_geometry(cfg) -> tuple[int, int]:
+    """(pixels per latent pixel, latent channels) of the config's autoencoder, without building it:
+    SVD's VAE is 8× with 4 channels; the pixel stand-in folds f×f RGB blocks into 3·f² channels."""
+    a = cfg.autoencoder
+    if a.kind == "svd":
+        return 8, 4
+    return a.pixel_factor, 3 * a.pixel_factor ** 2

@@ -25,9 +25,12 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from mvd_jax.config import unet_config
+from mvd_jax.models.gates import temporal_block_names
 from mvd_jax.errors import UserError
 from mvd_jax.train import checkpoint as ckpt
 from mvd_jax.train import sharding as shd
+from mvd_jax.train import stages
+from mvd_jax.train.compile_report import compiled_report, format_report, write_report
 from mvd_jax.train.config import resolve
 from mvd_jax.train.loss import diffusion_loss
 from mvd_jax.train.metrics import MetricWriter
@@ -53,6 +56,8 @@ def build_autoencoder(cfg):
     """(autoencoder, image encoder): SVD's VAE + CLIP from a folder, or the offline pixel stand-ins."""
     a = cfg.autoencoder
     if a.kind == "svd":
+        if not a.checkpoint:
+            raise UserError("autoencoder.kind 'svd' needs autoencoder.checkpoint (an SVD diffusers folder)")
         from mvd_jax.convert.diffusers_vae import load_vae
         from mvd_jax.convert.transformers_clip import load_image_encoder
 
@@ -148,11 +153,11 @@ def build_programs(cfg, unet_abstract, mesh, encoders, tx, schedule) -> Programs
 
     init_state = jax.jit(init_state, out_shardings=state_sh)
 
-    def loss_on(params_train, frozen, batch, key):
+    def loss_on(params_train, frozen, batch, key, step):
         unet = codec.merge({**frozen, **params_train})
         unet.remat = t.remat  # rematerialise each block in the backward pass (models/unet.py)
         return diffusion_loss(unet, batch, key, p_mean=t.p_mean, p_std=t.p_std, cond_dropout=t.cond_dropout,
-                              gate_keep=t.gate_keep, l1_weight=t.l1_weight, dtype=dtype)
+                              gate_keep=gate_keep_at(t, step), l1_weight=t.l1_weight, dtype=dtype)
 
     grad_fn = jax.value_and_grad(loss_on, has_aux=True)
 
@@ -160,14 +165,14 @@ def build_programs(cfg, unet_abstract, mesh, encoders, tx, schedule) -> Programs
         step = state["step"]
         key = jax.random.fold_in(base_key, step)
         if t.grad_accum == 1:
-            (loss, aux), grads = grad_fn(state["params"], frozen, batch, key)
+            (loss, aux), grads = grad_fn(state["params"], frozen, batch, key, step)
         else:  # micro-batches in a scan: the summed gradient of equal parts equals the whole batch's
             k = t.grad_accum
             micro = jax.tree.map(lambda x: x.reshape(k, x.shape[0] // k, *x.shape[1:]), batch)
 
             def body(carry, inp):
                 i, mb = inp
-                (l, a), g = grad_fn(state["params"], frozen, mb, jax.random.fold_in(key, i))
+                (l, a), g = grad_fn(state["params"], frozen, mb, jax.random.fold_in(key, i), step)
                 return jax.tree.map(jnp.add, carry, (l, a, g)), None
 
             zero = jax.tree.map(jnp.zeros_like, (jnp.float32(0), {"denoising_loss": jnp.float32(0),
@@ -211,6 +216,15 @@ def build_programs(cfg, unet_abstract, mesh, encoders, tx, schedule) -> Programs
     return Programs(codec, train_keys, frozen_keys, init_state, train_step, encode, state_sh, frozen_sh, schedule)
 
 
+def gate_keep_at(t, step):
+    """Temporal blocks kept by the sampled gates at `step`: gate_keep, or the linear schedule from
+    gate_keep_start down to it over gate_anneal_steps (a traced int32 inside the step)."""
+    if not t.gate_keep_start:
+        return t.gate_keep
+    frac = jnp.minimum(1.0, step.astype(jnp.float32) / t.gate_anneal_steps)
+    return jnp.round(t.gate_keep_start + frac * (t.gate_keep - t.gate_keep_start)).astype(jnp.int32)
+
+
 # =============================================================================================
 # The run
 # =============================================================================================
@@ -238,11 +252,14 @@ class TrainResult:
 def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResult:
     """Runs (or resumes) training in `workdir` up to `train.steps`."""
     # ---- set-up ------------------------------------------------------------------------------
-    cfg = resolve(config)
+    cfg = stages.resolve_stage(resolve(config))  # a pruning stage learns its block list from the last stage
     t = cfg.train
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     unet_cfg = dataclasses.replace(unet_config(cfg), num_frames=cfg.frames)
+    if unet_cfg.temporal_gating == "sampled" and not 0 < t.gate_keep <= len(temporal_block_names(unet_cfg)):
+        raise UserError(f"temporal_gating 'sampled' needs train.gate_keep in 1..{len(temporal_block_names(unet_cfg))} "
+                        f"(the temporal blocks to keep), got {t.gate_keep}")
     is_main = jax.process_index() == 0
 
     # ---- mesh --------------------------------------------------------------------------------
@@ -277,7 +294,13 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
         state, frozen = restored
         log(f"resumed from step {int(state['step'])} in {workdir / 'checkpoints'}")
     else:
-        unet = init_unet_from_svd(cfg.init_from, unet_cfg) if cfg.init_from else build_unet(unet_cfg, t.seed)
+        if stages.is_run_dir(cfg.init_from):  # the previous stage's run
+            unet, from_step = stages.init_unet_from_run(cfg, unet_cfg)
+            log(f"initialised from {cfg.init_from} (step {from_step}, {'EMA' if cfg.init_ema else 'raw'} weights)")
+        elif cfg.init_from:  # SVD's weights
+            unet = init_unet_from_svd(cfg.init_from, unet_cfg)
+        else:
+            unet = build_unet(unet_cfg, t.seed)
         params = programs.codec.to_dict(unet)
         frozen = jax.device_put({k: params[k] for k in programs.frozen_keys}, programs.frozen_shardings)
         trainable = jax.device_put({k: params[k] for k in programs.train_keys},
@@ -289,7 +312,7 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
     # ---- loop --------------------------------------------------------------------------------
     writer = MetricWriter(workdir, enabled=is_main)
     preempt = _Preemption()
-    flops_per_step = None
+    step_fn, flops_per_device = None, None
     last = {}
     sample_batch = None
     try:
@@ -303,9 +326,10 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
             batch = _next_batch(data_iter, mesh, programs, enc_state, step, cached)
             if sample_batch is None:
                 sample_batch = batch
-            if flops_per_step is None:
-                flops_per_step = _step_flops(programs.train_step, state, frozen, batch)
-            state, metrics = programs.train_step(state, frozen, batch)
+            if step_fn is None:  # compile once, and report what the compiler planned per device
+                step_fn, flops_per_device = _compile_step(programs.train_step, state, frozen, batch, mesh, workdir,
+                                                          is_main, log)
+            state, metrics = step_fn(state, frozen, batch)
             window.append(metrics["loss"])
             steps_since += 1
             done = step + 1
@@ -324,8 +348,8 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
                 last["loss_avg"] = float(np.mean([float(x) for x in window]))
                 window = []
                 last.update(steps_per_s=rate, examples_per_s=rate * t.batch_size, skipped=int(state["skipped"]))
-                if flops_per_step:
-                    last["tflops_per_device"] = flops_per_step * rate / 1e12 / jax.device_count()
+                if flops_per_device:
+                    last["tflops_per_device"] = flops_per_device * rate / 1e12
                 last.update(_gate_metrics(programs, state, frozen))
                 writer.write(done, last)
                 bar.set_postfix(loss_avg=f"{last['loss_avg']:.4f}")
@@ -361,15 +385,16 @@ def _next_batch(data_iter, mesh, programs, enc_state, step, cached):
     return programs.encode(enc_state, raw["video"], raw["fps"], raw["motion_bucket_id"], jnp.int32(step))
 
 
-def _step_flops(train_step, state, frozen, batch):
-    """FLOPs of one step from XLA's cost analysis of the lowered step (no extra compile)."""
-    try:
-        cost = train_step.lower(state, frozen, batch).cost_analysis()
-        if isinstance(cost, list):
-            cost = cost[0]
-        return float(cost.get("flops", 0.0)) or None
-    except Exception:  # cost analysis is a report, never a reason to stop training
-        return None
+def _compile_step(train_step, state, frozen, batch, mesh, workdir, is_main, log):
+    """The step compiled for these exact arrays, and its per-device FLOPs. The compiler's memory plan
+    (per device) is logged and written to workdir/compile_report.json."""
+    compiled = train_step.lower(state, frozen, batch).compile()
+    report = compiled_report(compiled)
+    log(format_report(report, devices=jax.device_count()))
+    if is_main:
+        write_report(Path(workdir) / "compile_report.json", report, devices=jax.device_count(),
+                     mesh={a: int(n) for a, n in mesh.shape.items()})
+    return compiled, report.get("flops")
 
 
 def _gate_metrics(programs, state, frozen):
