@@ -5,6 +5,10 @@ SVD's VAE and OpenCLIP, which cannot be downloaded here. Runs on a 2-core CPU in
 
     python -m mvd_jax.train --config=configs/demo.py --workdir=runs/demo
     python -m mvd_jax.train --config=configs/demo.py:tiny --workdir=/tmp/t --config.train.steps=5
+    python -m mvd_jax.train --config=configs/demo.py:adversarial --workdir=runs/demo_adversarial
+
+The argument `adversarial` is the demo's second stage (MobileVD §2(f)): the single-step adversarial
+finetune of the model trained in runs/demo (`init_from`), ending with a 1-step sample video.
 
 The argument `tiny` shrinks it further (the tests' size). A real run swaps in SVD's weights:
 --config.autoencoder.kind=svd --config.autoencoder.checkpoint=SVD_DIR --config.init_from=SVD_DIR and an
@@ -17,8 +21,9 @@ from mvd_jax.train.config import resolve
 
 
 def get_config(arg: str = "demo"):
-    if arg not in ("demo", "tiny", "micro"):
-        raise ValueError(f"configs/demo.py takes 'tiny' or 'micro', not {arg!r}")
+    if arg not in ("demo", "tiny", "micro", "adversarial"):
+        raise ValueError(f"configs/demo.py takes 'tiny', 'micro' or 'adversarial', not {arg!r}")
+    adversarial = arg == "adversarial"
     micro = arg == "micro"  # one level: the cheapest model with every block kind, for the trainer's tests
     tiny = arg in ("tiny", "micro")
     c = ml_collections.ConfigDict()
@@ -50,4 +55,11 @@ def get_config(arg: str = "demo"):
                    checkpoint_every=10 if tiny else 50, sample_steps=4 if tiny else 12)
     c.optimizer = dict(learning_rate=1e-3 if tiny else 3e-4, warmup_steps=5 if tiny else 30, ema_decay=0.99)
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    if adversarial:  # the second stage: short, from the diffusion demo's EMA weights, sampled in 1 step
+        c.init_from = "runs/demo"
+        c.train.update(phase="adversarial", steps=40, log_every=5, checkpoint_every=20, sample_steps=1)
+        # the demo model is small and the stage short: larger learning rates than SF-V's 1e-5 / 1e-4
+        c.adversarial = dict(g_learning_rate=5e-5, d_learning_rate=5e-4,
+                             discriminator=dict(head_channels=64, cond_dim=64, norm_groups=16))
+        c.optimizer.update(warmup_steps=5, ema_decay=0.9)
     return resolve(c)  # every training key present, so any of them can be overridden on the command line

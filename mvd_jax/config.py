@@ -29,6 +29,7 @@ KNOWN_KEYS = {
     "autoencoder": "where latents and image embeddings come from (mvd_jax.train.config)",
     "train": "training loop settings (mvd_jax.train.config)",
     "optimizer": "AdamW, warm-up, clipping, EMA (mvd_jax.train.config)",
+    "adversarial": "the single-step adversarial phase: D heads, σ sets, losses, G/D optimizers (mvd_jax.train.config)",
     "mesh": "device mesh sizes: data, fsdp, tensor (−1 = fill)",
     "init_from": "an SVD diffusers folder, or a previous stage's workdir, to initialise the UNet from",
     "init_ema": "start from the previous stage's EMA weights (True) or its raw weights",

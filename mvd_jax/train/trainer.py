@@ -112,6 +112,10 @@ class Programs:
     state_shardings: dict
     frozen_shardings: dict
     schedule: object
+    abstract_trainable: object = None  # what init_state takes, as ShapeDtypeStructs
+    abstract_frozen: dict = None  # the frozen dict, as ShapeDtypeStructs
+    initial_arrays: object = None  # starting UNet → (init_state's argument, frozen dict), host arrays
+    trainable_shardings: object = None  # where init_state's argument lives
 
 
 def opt_state_shardings(abstract_opt_state, param_shardings: dict, mesh):
@@ -197,23 +201,49 @@ def build_programs(cfg, unet_abstract, mesh, encoders, tx, schedule) -> Programs
     train_step = jax.jit(train_step, in_shardings=(state_sh, frozen_sh, batch_sh),
                          out_shardings=(state_sh, rep), donate_argnums=(0,))
 
-    encode = None
-    if encoders is not None:
-        from mvd_jax.data.encode import encode_clips
+    def initial_arrays(unet):
+        params = codec.to_dict(unet)
+        return {k: params[k] for k in train_keys}, {k: params[k] for k in frozen_keys}
 
-        enc_graph, _ = nnx.split(encoders)
-        aug_key, noise_key = jax.random.key(t.seed + 1), jax.random.key(t.seed + 2)
+    return Programs(codec, train_keys, frozen_keys, init_state, train_step, make_encode(cfg, encoders, mesh), state_sh,
+                    frozen_sh, schedule, abstract_trainable={k: shapes[k] for k in train_keys},
+                    abstract_frozen={k: shapes[k] for k in frozen_keys}, initial_arrays=initial_arrays,
+                    trainable_shardings=trainable_sh)
 
-        def encode_fn(enc_state, video, fps, motion, step):
-            vae, image_encoder = nnx.merge(enc_graph, enc_state)
-            b = video.shape[0]
-            aug = jnp.exp(t.noise_aug_p_mean + t.noise_aug_p_std
-                          * jax.random.normal(jax.random.fold_in(aug_key, step), (b,)))
-            keys = jax.random.split(jax.random.fold_in(noise_key, step), b)
-            return encode_clips(vae, image_encoder, video, fps, motion, aug, keys)
 
-        encode = jax.jit(encode_fn, out_shardings=batch_sh)
-    return Programs(codec, train_keys, frozen_keys, init_state, train_step, encode, state_sh, frozen_sh, schedule)
+def make_encode(cfg, encoders, mesh):
+    """Jitted raw clips → model batch (VAE latents, conditioning latent with noise augmentation, image
+    embedding, added time ids), or None when the data come from the latent cache."""
+    if encoders is None:
+        return None
+    from mvd_jax.data.encode import encode_clips
+
+    t = cfg.train
+    batch_sh = {k: shd.batch_sharding(mesh, n) for k, n in
+                (("latents", 5), ("cond_latent", 4), ("image_embeds", 3), ("added_time_ids", 2))}
+    enc_graph, _ = nnx.split(encoders)
+    aug_key, noise_key = jax.random.key(t.seed + 1), jax.random.key(t.seed + 2)
+
+    def encode_fn(enc_state, video, fps, motion, step):
+        vae, image_encoder = nnx.merge(enc_graph, enc_state)
+        b = video.shape[0]
+        aug = jnp.exp(t.noise_aug_p_mean + t.noise_aug_p_std
+                      * jax.random.normal(jax.random.fold_in(aug_key, step), (b,)))
+        keys = jax.random.split(jax.random.fold_in(noise_key, step), b)
+        return encode_clips(vae, image_encoder, video, fps, motion, aug, keys)
+
+    return jax.jit(encode_fn, out_shardings=batch_sh)
+
+
+def make_programs(cfg, unet_abstract, mesh, encoders) -> Programs:
+    """The programs of the config's phase: diffusion (this file) or adversarial (train/adversarial.py)."""
+    if cfg.train.phase == "adversarial":
+        from mvd_jax.train.adversarial import build_adversarial_programs
+
+        return build_adversarial_programs(cfg, unet_abstract, mesh, make_encode(cfg, encoders, mesh),
+                                          opt_state_shardings)
+    tx, schedule = make_optimizer(cfg.optimizer)
+    return build_programs(cfg, unet_abstract, mesh, encoders, tx, schedule)
 
 
 def gate_keep_at(t, step):
@@ -276,10 +306,9 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
     data_iter = iter(loader)
 
     # ---- models and optimizer ----------------------------------------------------------------
-    tx, schedule = make_optimizer(cfg.optimizer)
     unet_abstract = nnx.eval_shape(lambda: build_unet(unet_cfg, t.seed))
     encoders = None if cached else (autoencoder, image_encoder)
-    programs = build_programs(cfg, unet_abstract, mesh, encoders, tx, schedule)
+    programs = make_programs(cfg, unet_abstract, mesh, encoders)
     enc_state = None
     if encoders is not None:
         enc_state = jax.device_put(nnx.state(encoders), shd.replicated(mesh))
@@ -287,7 +316,7 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
     # ---- train state: restore, or initialise (from SVD weights or at random) ------------------
     manager = ckpt.CheckpointManager(workdir / "checkpoints", keep=t.keep_checkpoints)
     manager.check_config(cfg)
-    abstract_state = jax.eval_shape(programs.init_state, {k: programs.codec.shapes()[k] for k in programs.train_keys})
+    abstract_state = jax.eval_shape(programs.init_state, programs.abstract_trainable)
     restored = manager.restore_latest(abstract_state, programs.state_shardings, programs.frozen_shardings,
                                       data_iter)
     if restored is not None:
@@ -301,11 +330,9 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
             unet = init_unet_from_svd(cfg.init_from, unet_cfg)
         else:
             unet = build_unet(unet_cfg, t.seed)
-        params = programs.codec.to_dict(unet)
-        frozen = jax.device_put({k: params[k] for k in programs.frozen_keys}, programs.frozen_shardings)
-        trainable = jax.device_put({k: params[k] for k in programs.train_keys},
-                                   {k: programs.state_shardings["params"][k] for k in programs.train_keys})
-        state = programs.init_state(trainable)
+        trainable, frozen = programs.initial_arrays(unet)
+        frozen = jax.device_put(frozen, programs.frozen_shardings)
+        state = programs.init_state(jax.device_put(trainable, programs.trainable_shardings))
         manager.save_config(cfg)
     start = int(state["step"])
 
