@@ -145,3 +145,39 @@ def test_inspect_cli(tmp_path):
     assert none.returncode == 1 and none.stdout.strip().splitlines()[-1] == "usable=0 skipped=5"
     missing = run_cli("mvd_jax.data.inspect", "--videos", str(tmp_path / "nope"))
     assert missing.returncode == 2 and missing.stderr.startswith("error: ")
+
+
+SPLIT_SCRIPT = """
+import sys
+import jax
+import numpy as np
+from mvd_jax.convert.diffusers_vae import load_vae
+from mvd_jax.convert.transformers_clip import load_image_encoder
+from mvd_jax.data.encode import ClipEncoder, clip_keys
+
+folder = sys.argv[1]
+vae, clip = load_vae(folder + "/vae"), load_image_encoder(folder + "/image_encoder")
+rng = np.random.default_rng(0)
+batch = {"video": rng.uniform(-1, 1, (3, 2, 32, 48, 3)).astype(np.float32),
+         "fps": np.asarray([7.0, 25.0, 12.0], np.float32), "motion_bucket_id": np.asarray([127.0, 30.0, 200.0], np.float32)}
+keys = clip_keys(0, [5, 6, 7])
+one = ClipEncoder(vae, clip, devices=jax.devices()[:1])(batch, 0.02, keys)
+two = ClipEncoder(vae, clip)(batch, 0.02, keys)
+assert len(jax.devices()) == 2
+worst = 0.0
+for k in one:
+    a, b = np.asarray(one[k], np.float64), np.asarray(two[k], np.float64)
+    assert a.shape == b.shape and a.shape[0] == 3, (k, a.shape, b.shape)
+    worst = max(worst, float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-30)))
+print(worst)
+"""
+
+
+def test_encoding_split_over_local_devices_changes_nothing(encoder_folder):
+    """The cache encodes each batch split over the host's devices; 3 clips on 2 devices (one padded)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-c", SPLIT_SCRIPT, str(encoder_folder)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert float(proc.stdout.strip().splitlines()[-1]) <= 1e-6

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from mvd_jax.models.clip_vision import preprocess_for_clip
@@ -43,25 +44,46 @@ def encode_clips(vae, image_encoder, video, fps, motion_bucket_id, noise_aug_str
 
 class ClipEncoder:
     """`encode_clips` jitted once for a VAE and an image encoder (their weights are arguments, not
-    constants, so compiling stays fast for SVD-size models)."""
+    constants, so compiling stays fast for SVD-size models), with each batch split over this host's
+    devices (weights replicated; hosts split the work by shards, data/cache.py). Every clip's numbers
+    depend on the clip and its key only, so the split changes nothing (tested: 1 vs 2 devices); a batch
+    that does not divide over the devices is padded with copies of its last clip, dropped again."""
 
-    def __init__(self, vae, image_encoder):
+    def __init__(self, vae, image_encoder, devices=None):
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+        devices = list(jax.local_devices() if devices is None else devices)
+        mesh = Mesh(np.asarray(devices), ("data",))
+        self.num_devices = len(devices)
+        replicated = NamedSharding(mesh, P())
+
+        def split(ndim):
+            return NamedSharding(mesh, P("data", *([None] * (ndim - 1))))
+
         graphdef, state = nnx.split((vae, image_encoder))
-        self._state = state
+        self._state = jax.device_put(state, replicated)
 
-        @jax.jit
         def run(state, video, fps, motion_bucket_id, noise_aug_strength, keys):
             v, e = nnx.merge(graphdef, state)
             return encode_clips(v, e, video, fps, motion_bucket_id, noise_aug_strength, keys)
 
-        self._run = run
+        out = {"latents": split(5), "cond_latent": split(4), "image_embeds": split(3), "added_time_ids": split(2)}
+        self._run = jax.jit(run, in_shardings=(replicated, split(5), split(1), split(1), split(1), split(1)),
+                            out_shardings=out)
 
     def __call__(self, batch: dict, noise_aug_strength, keys) -> dict:
         """A raw-video batch (data.loader) → the encoded arrays; `keys` (B,) as in encode_clips."""
         b = batch["video"].shape[0]
+        pad = -b % self.num_devices
+
+        def padded(x):
+            x = jnp.asarray(x)
+            return jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]) if pad else x
+
         aug = jnp.broadcast_to(jnp.asarray(noise_aug_strength, jnp.float32), (b,))
-        return self._run(self._state, jnp.asarray(batch["video"]), jnp.asarray(batch["fps"]),
-                         jnp.asarray(batch["motion_bucket_id"]), aug, keys)
+        out = self._run(self._state, padded(batch["video"]), padded(batch["fps"]), padded(batch["motion_bucket_id"]),
+                        padded(aug), padded(keys))
+        return {k: v[:b] for k, v in out.items()} if pad else out
 
 
 def clip_keys(seed: int, clip_ids) -> jax.Array:
