@@ -1,11 +1,15 @@
 """Ahead-of-time compile of the real train step (train/aot.py, python -m mvd_jax.train_compile): the
 per-device memory plan follows the mesh (FSDP shards parameters and optimizer state), remat trades
-temporaries for FLOPs, and the step's FLOPs agree between the jaxpr count and XLA's."""
+temporaries for FLOPs, and the step's FLOPs agree between the jaxpr count and XLA's — on simulated CPU
+devices and on a TPU v5e 2x2 slice described by libtpu on this CPU host."""
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "demo.py") + ":micro"
@@ -65,3 +69,78 @@ def test_cli_reports_and_refuses_bad_topologies(tmp_path):
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "per device (of 2)" in ok.stdout and "step FLOPs" in ok.stdout
     assert json.loads(out.read_text())["mesh"] == {"data": 2, "fsdp": 1, "tensor": 1}
+
+
+# ---- TPU topologies compiled for on this CPU host (libtpu describes them; nothing runs on a TPU) ------------
+HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
+needs_libtpu = pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install libtpu==0.0.42.1, "
+                                  "the release paired with jax 0.10.2): TPU topologies cannot be described here")
+GIB = 1024 ** 3
+
+
+def _tpu_cli(tmp_path, name, *extra):
+    out = tmp_path / f"{name}.json"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), XLA_FLAGS="", ALLOW_MULTIPLE_LIBTPU_LOAD="1")
+    # --fast_compile: XLA's lowest optimisation effort — ≈1 min per compile here instead of ≈1.5–2.5
+    proc = subprocess.run([sys.executable, "-m", "mvd_jax.train_compile", f"--config={CONFIG}", "--topology=v5e:2x2",
+                           "--config.train.batch_size=4", "--fast_compile", f"--out={out}", *extra],
+                          env=env, capture_output=True, text=True, timeout=600)
+    return proc, (json.loads(out.read_text()) if out.exists() else None)
+
+
+@pytest.fixture(scope="module")
+def v5e_fsdp4(tmp_path_factory):
+    return _tpu_cli(tmp_path_factory.mktemp("v5e"), "fsdp4", "--config.mesh.data=1", "--config.mesh.fsdp=4")
+
+
+@needs_libtpu
+def test_tpu_v5e_compile_reports_memory_flops_and_step_time(v5e_fsdp4):
+    proc, r = v5e_fsdp4
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert r["device_kind"] == "TPU v5 lite" and r["devices"] == 4 and r["hosts"] == 1
+    assert r["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1} and r["accelerator_type"] == "v5litepod-4"
+    assert r["total_bytes"] == r["argument_bytes"] + r["output_bytes"] - r["aliased_bytes"] + r["temp_bytes"]
+    assert r["fits"] and r["hbm_bytes"] == 16 * GIB and r["total_bytes"] < r["hbm_bytes"]
+    # the predicted step time is the jaxpr FLOPs over the chips' bf16 peak at the stated utilisation
+    assert r["predicted_step_s"] == pytest.approx(r["jaxpr_flops_per_step"] / (4 * 197e12 * 0.4))
+    # XLA's per-chip count × 4 and the paper-convention jaxpr count describe the same step
+    assert 0.7 < r["flops"] * 4 / r["jaxpr_flops_per_step"] < 1.6
+    for text in ("per-chip memory", "arguments", "temporaries", "of 16 GiB", "TFLOP per chip",
+                 "predicted step time", "40 % of bf16 peak", "FITS"):
+        assert text in proc.stdout, text
+
+
+@needs_libtpu
+def test_tpu_memory_grows_when_fsdp_shrinks_and_the_knob_is_named(v5e_fsdp4, tmp_path):
+    _, fsdp4 = v5e_fsdp4
+    assert fsdp4 is not None
+    # the same step, data-parallel only, against a chip the size of the FSDP plan: it no longer fits
+    proc, data4 = _tpu_cli(tmp_path, "data4", "--config.mesh.data=4", "--config.mesh.fsdp=1",
+                           f"--hbm_gib={fsdp4['total_bytes'] / GIB}")
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    # parameters, EMA and both Adam moments are replicated instead of split four ways
+    assert data4["argument_bytes"] > 2 * fsdp4["argument_bytes"]
+    assert data4["total_bytes"] > fsdp4["total_bytes"] and not data4["fits"]
+    assert "DOES NOT FIT" in proc.stdout and "--config.mesh.fsdp=N (now 1" in proc.stdout
+    assert "--config.train.remat=True" in proc.stdout and "--config.train.grad_accum" in proc.stdout
+
+
+def test_tpu_slices_and_compiler_oom_messages():
+    from mvd_jax.train.aot import parse_hbm_oom
+    from mvd_jax.train_compile import knobs, parse_tpu
+
+    s = parse_tpu("v5p:2x2x4")
+    assert (s.libtpu_topology, s.generation.chip_config_name, s.accelerator_type, s.hosts) == \
+        ("v5:2x2x4", "megacore", "v5p-32", 4)
+    assert parse_tpu("v6e-16").generation.hbm_gib == 32 and parse_tpu("v5e:2x2").generation.peak_tflops == 197
+    msg = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space hbm. Used 20.50G "
+           "of 15.75G hbm. Exceeded hbm capacity by 4.75G.")
+    assert parse_hbm_oom(msg) == (20.5 * GIB, 15.75 * GIB) and parse_hbm_oom("INTERNAL: something else") is None
+    # which knob comes first follows which part of the plan is large
+    report = {"mesh": {"data": 8, "fsdp": 1, "tensor": 1}, "devices": 8, "batch_size": 8, "grad_accum": 1,
+              "remat": False, "dtype": "float32", "argument_bytes": 12 * GIB, "temp_bytes": 6 * GIB}
+    assert knobs(report)[0].startswith("--config.mesh.fsdp=N (now 1")
+    report.update(argument_bytes=1 * GIB, temp_bytes=30 * GIB, mesh={"data": 1, "fsdp": 8, "tensor": 1})
+    k = knobs(report)
+    assert k[0].startswith("--config.train.remat=True") and not any("mesh.fsdp" in x for x in k)
+    assert any("bfloat16" in x for x in k)

@@ -15,11 +15,14 @@ einsums on TPU).
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import time
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh
 
 from mvd_jax.config import unet_config
 from mvd_jax.errors import UserError
@@ -45,50 +48,134 @@ def _with(abstract: dict, shardings: dict):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
-def compile_train_step(config, devices=None) -> dict:
-    """Lowers and compiles the diffusion train step of `config` on `devices` (default: this host's).
+def tpu_topology_devices(topology_name: str, *, chip_config_name: str, chips_per_host_bounds=(2, 2, 1),
+                         num_slices: int = 1) -> list:
+    """The devices of a TPU topology (e.g. 'v5e:4x4', 'v5:2x2x2') described by libtpu on THIS host, which
+    needs no TPU: they can be compiled for, not run on. `chip_config_name` is 'default' for v5e/v6e and
+    'megacore' for v4/v5p. Raises UserError when libtpu is not installed."""
+    import os
+
+    from jax.experimental import topologies
+
+    # libtpu takes /tmp/libtpu_lockfile so that two processes never drive the same chips; describing a
+    # topology drives none (the backend stays CPU), so concurrent compiles on one host are safe.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    try:
+        desc = topologies.get_topology_desc(
+            platform="tpu", topology_name=topology_name, chip_config_name=chip_config_name,
+            chips_per_host_bounds=tuple(chips_per_host_bounds), num_slices=num_slices,
+            wrap=(False,) * len(tuple(chips_per_host_bounds)))
+    except Exception as e:  # no libtpu: "Unknown backend tpu" / plugin not found; bad names: XlaRuntimeError
+        import importlib.util
+
+        if importlib.util.find_spec("libtpu") is None:
+            raise UserError("compiling for a TPU topology needs libtpu on this host: pip install libtpu==0.0.42.1 "
+                            "(the release paired with jax 0.10.2)") from e
+        raise UserError(f"libtpu could not describe TPU topology {topology_name!r} ×{num_slices}: "
+                        f"{str(e).splitlines()[0]}") from e
+    return list(desc.devices)
+
+
+def device_mesh(sizes: dict, devices, num_slices: int = 1) -> Mesh:
+    """The config's ('data', 'fsdp', 'tensor') mesh laid out on `devices` the way the interconnect wants:
+    `mesh_utils.create_device_mesh` for one slice (TPU devices in physical order, axes may split physical
+    ones), and for several slices `create_hybrid_device_mesh` with the slices along 'data' — only
+    data-parallel gradients cross the slower data-centre network; FSDP and tensor groups stay in a slice."""
+    from jax.experimental import mesh_utils
+
+    devices = list(devices)
+    shape = shd.mesh_shape(dict(sizes), len(devices))
+    if num_slices > 1:
+        if shape[0] % num_slices:
+            raise UserError(f"with {num_slices} slices mesh.data must be a multiple of {num_slices} (the slices "
+                            f"split the data axis; fsdp and tensor stay inside a slice), got mesh "
+                            f"{dict(zip(shd.MESH_AXES, shape))}")
+        ici = (shape[0] // num_slices, *shape[1:])
+        array = mesh_utils.create_hybrid_device_mesh(ici, (num_slices, 1, 1), devices,
+                                                     allow_split_physical_axes=True)
+    else:
+        array = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+    return Mesh(array, shd.MESH_AXES)
+
+
+def compile_train_step(config, devices=None, *, mesh: Mesh | None = None) -> dict:
+    """Lowers and compiles the diffusion train step of `config` on `devices` (default: this host's), or on
+    a ready `mesh` (e.g. `device_mesh(...)` over a TPU topology).
 
     Returns a report: per-device memory/FLOPs from the compiler, the jaxpr FLOPs of the whole step,
-    parameter counts, mesh, batch and the seconds lowering and compiling took.
+    parameter counts, mesh, batch and the seconds lowering and compiling took. When the TPU compiler
+    refuses because the plan exceeds the chip's HBM, the report has instead what it said
+    (`oom_used_bytes`, `oom_capacity_bytes`, `compile_error`) and the arguments' bytes per device
+    computed from the shardings.
     """
     from mvd_jax.eval.flops import jaxpr_flops
-    from mvd_jax.train.model_state import build_unet, make_optimizer
-    from mvd_jax.train.trainer import build_programs
+    from mvd_jax.train.model_state import build_unet
+    from mvd_jax.train.trainer import make_programs
 
     cfg = resolve(config)
     t = cfg.train
-    devices = list(jax.devices() if devices is None else devices)
-    mesh = shd.make_mesh(dict(cfg.mesh), devices)
-    shd.check_batch(t.batch_size, mesh, 1)
+    if mesh is None:
+        devices = list(jax.devices() if devices is None else devices)
+        mesh = shd.make_mesh(dict(cfg.mesh), devices)
+    devices = list(mesh.devices.flat)
+    shd.check_batch(t.batch_size, mesh, len({d.process_index for d in devices}))  # the hosts the devices sit on
+    if (t.batch_size // t.grad_accum) % shd.data_parallel_size(mesh):
+        raise UserError(f"the micro-batch {t.batch_size // t.grad_accum} (batch_size / grad_accum) is not divisible "
+                        f"by the data-parallel mesh size {shd.data_parallel_size(mesh)}")
     unet_cfg = dataclasses.replace(unet_config(cfg), num_frames=cfg.frames)
     _, channels = latent_geometry(cfg)
     if unet_cfg.in_channels != 2 * channels or unet_cfg.out_channels != channels:
         raise UserError(f"the UNet takes {unet_cfg.in_channels} channels in and {unet_cfg.out_channels} out; the "
                         f"autoencoder gives {channels}-channel latents (in = 2·{channels}, out = {channels})")
-    tx, schedule = make_optimizer(cfg.optimizer)
-    programs = build_programs(cfg, nnx.eval_shape(lambda: build_unet(unet_cfg, 0)), mesh, None, tx, schedule)
-    shapes = programs.codec.shapes()
-    trainable = {k: shapes[k] for k in programs.train_keys}
-    state = _with(jax.eval_shape(programs.init_state, trainable), programs.state_shardings)
-    frozen = _with({k: shapes[k] for k in programs.frozen_keys}, programs.frozen_shardings)
+    # the phase's own programs (diffusion or adversarial), as the trainer builds them
+    programs = make_programs(cfg, nnx.eval_shape(lambda: build_unet(unet_cfg, 0)), mesh, None)
+    state = _with(jax.eval_shape(programs.init_state, programs.abstract_trainable), programs.state_shardings)
+    frozen = _with(programs.abstract_frozen, programs.frozen_shardings)
     batch = abstract_batch(cfg, unet_cfg, t.batch_size, mesh)
 
     t0 = time.perf_counter()
     lowered = programs.train_step.lower(state, frozen, batch)
     t1 = time.perf_counter()
-    compiled = lowered.compile()
+    try:
+        compiler = compiled_report(lowered.compile())
+    except Exception as e:  # the TPU compiler refuses a plan larger than the chip's HBM
+        oom = parse_hbm_oom(str(e))
+        if oom is None:
+            raise
+        compiler = {"argument_bytes": float(sum(_bytes_per_device(a) for a in jax.tree.leaves((state, frozen, batch)))),
+                    "oom_used_bytes": oom[0], "oom_capacity_bytes": oom[1],
+                    "compile_error": str(e).strip().splitlines()[0][:500]}
     t2 = time.perf_counter()
     step_flops = jaxpr_flops(jax.make_jaxpr(programs.train_step)(state, frozen, batch).jaxpr)
-    count = lambda keys: int(sum(shapes[k].size for k in keys))  # noqa: E731
+    count = lambda tree: int(sum(x.size for x in jax.tree.leaves(tree)))  # noqa: E731
     return {
-        **compiled_report(compiled),
+        **compiler,
         "jaxpr_flops_per_step": float(step_flops),
         "devices": len(devices),
         "device_kind": devices[0].device_kind,
         "mesh": {a: int(n) for a, n in mesh.shape.items()},
-        "batch_size": int(t.batch_size),
+        "batch_size": int(t.batch_size), "grad_accum": int(t.grad_accum),
         "frames": int(cfg.frames), "height": int(cfg.height), "width": int(cfg.width),
         "remat": bool(t.remat), "dtype": t.dtype, "trainable": t.trainable,
-        "trainable_params": count(programs.train_keys), "frozen_params": count(programs.frozen_keys),
+        "phase": t.phase,
+        "trainable_params": count(programs.abstract_trainable), "frozen_params": count(programs.abstract_frozen),
         "lower_s": t1 - t0, "compile_s": t2 - t1,
     }
+
+
+_OOM = re.compile(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm", re.IGNORECASE)
+_UNIT = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+
+
+def parse_hbm_oom(message: str):
+    """(used, usable) bytes per chip from the TPU compiler's "Ran out of memory in memory space hbm. Used
+    20.5G of 15.75G hbm" error, or None for any other message."""
+    m = _OOM.search(message)
+    if not m:
+        return None
+    return float(m.group(1)) * _UNIT[m.group(2).upper()], float(m.group(3)) * _UNIT[m.group(4).upper()]
+
+
+def _bytes_per_device(a: jax.ShapeDtypeStruct) -> float:
+    """Bytes of one device's shard of a sharded abstract array."""
+    return float(math.prod(a.sharding.shard_shape(a.shape))) * a.dtype.itemsize
