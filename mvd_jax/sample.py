@@ -4,7 +4,9 @@
         [--steps 25 | --steps 1] [--frames 14] [--height 576 --width 1024] [--fps 7] \\
         [--motion_bucket_id 127] [--noise_aug_strength 0.02] [--seed 0] [--decode_chunk_size 8]
 
-SVD_DIR is a diffusers StableVideoDiffusionPipeline folder (unet/, vae/, image_encoder/). The output
+SVD_DIR is a diffusers StableVideoDiffusionPipeline folder (unet/, vae/, image_encoder/). `--unet` takes
+the UNet from elsewhere: a trainer run directory (its latest checkpoint's EMA weights, e.g. an
+adversarial run sampled with --steps 1) or a diffusers unet folder; the VAE and CLIP stay SVD_DIR's. The output
 is mp4 (H.264) or, with a .gif name, a gif; it appears only when complete. Guidance: the scale rises
 over frames from --min_guidance_scale to --max_guidance_scale (default 3.0 with several steps; with
 --steps 1, the distilled model's setting, the default is 1.0: no guidance, one UNet evaluation).
@@ -32,10 +34,25 @@ def _open_image(path):
         raise UserError(f"cannot read image {path}: {e}") from None
 
 
+def _load_unet(path):
+    from pathlib import Path
+
+    from mvd_jax.convert import load_unet
+    from mvd_jax.train.stages import is_run_dir, read_run_unet
+
+    if is_run_dir(path):
+        return read_run_unet(path, use_ema=True)[0]
+    if not Path(path).exists():
+        raise UserError(f"--unet {path} is neither a trainer run directory nor a diffusers unet folder")
+    return load_unet(path)
+
+
 @cli_main
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m mvd_jax.sample", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="SVD diffusers folder with unet/, vae/, image_encoder/")
+    p.add_argument("--unet", default=None, help="a trainer run directory or a diffusers unet/ folder to use instead "
+                   "of SVD_DIR/unet")
     p.add_argument("--image", required=True)
     p.add_argument("--out", required=True, help="output .mp4 or .gif")
     p.add_argument("--steps", type=int, default=25)
@@ -70,7 +87,7 @@ def main(argv=None):
     check_options(options, read_vae_config(folder / "vae").downsampling_factor)
 
     t0 = time.perf_counter()
-    pipe = ImageToVideo.from_folder(folder)
+    pipe = ImageToVideo.from_folder(folder, unet=_load_unet(args.unet) if args.unet else None)
     load_s = time.perf_counter() - t0
 
     with tqdm(total=args.steps, desc="denoising", unit="step") as bar:

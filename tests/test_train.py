@@ -85,11 +85,13 @@ def restore_params(workdir):
     import jax
     import orbax.checkpoint as ocp
 
+    from mvd_jax.train.checkpoint import state_metadata
+
     mgr = ocp.CheckpointManager(Path(workdir) / "checkpoints", item_names=("state", "data"))
     step = mgr.latest_step()
-    meta = mgr.item_metadata(step)["state"]
-    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-    out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(restore_args=args)))
+    meta = state_metadata(Path(workdir) / "checkpoints", step)
+    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta, is_leaf=lambda x: hasattr(x, "shape"))
+    out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(item=meta, restore_args=args)))
     mgr.close()
     return step, jax.tree.map(np.asarray, out.state)
 

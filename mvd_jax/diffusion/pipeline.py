@@ -97,13 +97,21 @@ class ImageToVideo:
         self._samplers: dict = {}
 
     @classmethod
-    def from_folder(cls, folder) -> "ImageToVideo":
+    def from_folder(cls, folder, unet=None) -> "ImageToVideo":
+        """The pipeline of an SVD folder; `unet` (a loaded UNet, e.g. a trained stage's) replaces its unet/."""
         from mvd_jax.convert import load_unet
         from mvd_jax.convert.diffusers_vae import load_vae
         from mvd_jax.convert.transformers_clip import load_image_encoder
 
         folder = check_pipeline_folder(folder)
-        return cls(load_unet(folder / "unet"), load_vae(folder / "vae"), load_image_encoder(folder / "image_encoder"))
+        vae = load_vae(folder / "vae")
+        if unet is None:
+            unet = load_unet(folder / "unet")
+        latent = vae.config.latent_channels
+        if unet.config.in_channels != 2 * latent or unet.config.out_channels != latent:
+            raise UserError(f"the UNet takes {unet.config.in_channels} channels in and {unet.config.out_channels} out; "
+                            f"the VAE of {folder} gives {latent}-channel latents")
+        return cls(unet, vae, load_image_encoder(folder / "image_encoder"))
 
     def check_options(self, o: SampleOptions):
         check_options(o, self.vae_scale)

@@ -90,11 +90,26 @@ def _with_shardings(abstract, shardings):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
+def state_metadata(directory, step: int) -> dict:
+    """The saved train-state tree ({"train": …, "frozen": …}) of one checkpoint step as array metadata
+    (shape, dtype), read from the files. (A fresh CheckpointManager's `item_metadata` gives None for an
+    item until a handler is registered — i.e. exactly when resuming — so it is read directly.)"""
+    from absl import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)  # "metadata file does not exist": the step metadata is not needed
+    try:
+        meta = ocp.StandardCheckpointer().metadata(Path(directory) / str(step) / "state")
+    finally:
+        logging.set_verbosity(verbosity)
+    tree = getattr(meta, "item_metadata", meta)
+    return jax.tree.map(lambda x: x, dict(tree), is_leaf=lambda x: hasattr(x, "shape"))
+
+
 def _frozen_shapes(frozen_shardings, manager, step):
     """Shapes of the frozen parameters from the checkpoint's own metadata (they are not trained, so
     the run has no abstract copy of them)."""
-    meta = manager._mgr.item_metadata(step)
-    frozen = meta["state"]["frozen"] if meta is not None and meta.get("state") is not None else {}
+    frozen = state_metadata(manager.directory, step).get("frozen", {}) or {}
     missing = sorted(set(frozen_shardings) - set(frozen))
     if missing:
         raise UserError(f"checkpoint step {step} lacks frozen parameters {missing[:3]}… (incompatible config)")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import warnings
 from pathlib import Path
 
 import jax
@@ -54,6 +53,7 @@ def read_run_unet(run_dir, *, use_ema: bool = True):
     """(the run's UNet with its latest checkpoint's weights, the run's resolved config, the step)."""
     import orbax.checkpoint as ocp
 
+    from mvd_jax.train.checkpoint import state_metadata
     from mvd_jax.train.model_state import ParamCodec, build_unet
 
     from absl import logging
@@ -67,12 +67,12 @@ def read_run_unet(run_dir, *, use_ema: bool = True):
         step = mgr.latest_step()
         if step is None:
             raise UserError(f"{run_dir} has a config but no finished checkpoint to start the next stage from")
-        meta = mgr.item_metadata(step)["state"]
+        meta = state_metadata(directory, step)
         # Restored as host NumPy arrays: the source run's mesh (maybe 256 chips) need not exist here.
-        args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-        with warnings.catch_warnings():  # Orbax warns that no sharding is given: none is needed for NumPy
-            warnings.filterwarnings("ignore", message="Sharding info not provided")
-            state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(restore_args=args))).state
+        args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta,
+                            is_leaf=lambda x: hasattr(x, "shape"))
+        state = mgr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item=meta, restore_args=args))).state
     finally:
         mgr.close()
         logging.set_verbosity(verbosity)
