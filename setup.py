@@ -36,6 +36,9 @@ TEST = [
     "torch==2.13.0",  # CPU wheel; never unpin (see module docstring)
     "diffusers==0.42.1",
     "transformers==5.23.0",
+    # TPU topologies for ahead-of-time compiles on a CPU host (mvd_jax.train_compile --topology=v5e:2x2);
+    # the libtpu that jax 0.10.2 pairs with. Nothing runs on a TPU here.
+    "libtpu==0.0.42.1",
 ]
 
 EXPORT = [

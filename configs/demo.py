@@ -51,13 +51,13 @@ def get_config(arg: str = "demo"):
     c.width = 64 if tiny else 128
     c.data = dict(videos="demo", fps=7.0, crop="random", workers=0 if tiny else 1)
     c.autoencoder = dict(kind="pixel", pixel_factor=factor)
-    c.train = dict(steps=20 if tiny else 150, batch_size=2, log_every=5 if tiny else 10,
-                   checkpoint_every=10 if tiny else 50, sample_steps=4 if tiny else 12)
+    c.train = dict(steps=20 if tiny else 120, batch_size=2, log_every=5 if tiny else 10,
+                   checkpoint_every=10 if tiny else 40, sample_steps=4 if tiny else 12)
     c.optimizer = dict(learning_rate=1e-3 if tiny else 3e-4, warmup_steps=5 if tiny else 30, ema_decay=0.99)
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     if adversarial:  # the second stage: short, from the diffusion demo's EMA weights, sampled in 1 step
         c.init_from = "runs/demo"
-        c.train.update(phase="adversarial", steps=40, log_every=5, checkpoint_every=20, sample_steps=1)
+        c.train.update(phase="adversarial", steps=30, log_every=5, checkpoint_every=15, sample_steps=1)
         # the demo model is small and the stage short: larger learning rates than SF-V's 1e-5 / 1e-4
         c.adversarial = dict(g_learning_rate=5e-5, d_learning_rate=5e-4,
                              discriminator=dict(head_channels=64, cond_dim=64, norm_groups=16))

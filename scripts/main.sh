@@ -10,5 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="" . scripts/venv.sh
+# A CPU demo: skip JAX's TPU probing (libtpu is in .venv when the test extra was installed); set
+# JAX_PLATFORMS= (empty) or tpu/gpu to use an accelerator.
+export JAX_PLATFORMS="${JAX_PLATFORMS-cpu}"
 python -m mvd_jax.train --config=configs/demo.py --workdir=runs/demo "$@"
 exec python -m mvd_jax.train --config=configs/demo.py:adversarial --workdir=runs/demo_adversarial
