@@ -98,8 +98,9 @@ def main():
     for run in args.runs:
         samples, cfg, step = one_step_samples(Path(run), clips, args.seed)
         fvd = fvd_from_stats(real_stats, extractor.stats(doubled(samples)))
-        results["runs"][run] = {"phase": cfg.train.phase, "step": int(step), "one_step_fvd": fvd}
-        print(f"{run} ({cfg.train.phase}, step {step}): 1-step FVD vs real {fvd:.1f}")
+        phase = cfg.train.get("phase", "diffusion")  # runs from before the adversarial phase existed
+        results["runs"][run] = {"phase": phase, "step": int(step), "one_step_fvd": fvd}
+        print(f"{run} ({phase}, step {step}): 1-step FVD vs real {fvd:.1f}")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
 
