@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import subprocess
 import sys
 
 if __package__ in (None, ""):  # python launch/tpu_vm.py

@@ -17,10 +17,13 @@ and a predicted step time. This is how to learn whether a config fits a TPU slic
 --hbm_gib G              the memory to fit in per chip (default: the chip's HBM; lower it to keep headroom)
 --fast_compile           compile with XLA's lowest execution-time optimisation effort: about 2× quicker
                          here, and the memory plan comes out a little larger (pessimistic), never smaller
+--plan_only              no compile (an SVD-size step takes tens of minutes and >20 GB of host RAM to
+                         compile): the train state's bytes per chip from the shardings — a lower bound,
+                         enough to rule a slice out — and the FLOPs; temporaries need the compile
 --out F.json             also write the report as JSON
 
-Exit status: 0 compiled and fits, 3 compiled and does not fit (the message names the knobs that help),
-2 a usage or config error.
+Exit status: 0 compiled and fits (--plan_only: the state fits), 3 does not fit (the message names the
+knobs that help), 2 a usage or config error.
 
 Per-chip memory is the compiler's own plan for one device of the SPMD program (train/compile_report.py):
 total = arguments + outputs − aliased (the donated train state) + temporaries. When the plan exceeds the
@@ -221,6 +224,10 @@ def format_tpu_report(report: dict, tpu: TpuSlice, num_slices: int, hbm_bytes: f
                   "aliased with the donated arguments",
                   f"  total        {gb('total_bytes'):9.3f} GiB  of {hbm_bytes / GIB:.4g} GiB "
                   f"({100 * report['total_bytes'] / hbm_bytes:.1f} %)"]
+    elif report.get("planned_only"):
+        lines.append(f"per-chip memory: arguments {report['argument_bytes'] / GIB:.3f} GiB (parameters, EMA, Adam "
+                     f"moments, frozen weights, batch, as sharded; {100 * report['argument_bytes'] / hbm_bytes:.1f} % "
+                     f"of {hbm_bytes / GIB:.4g} GiB) — temporaries not computed (--plan_only: no compile)")
     else:  # the compiler refused: only its totals are known
         lines.append(f"per-chip memory: the TPU compiler ran out of HBM: its plan needs "
                      f"{report['oom_used_bytes'] / GIB:.3f} GiB of the {report['oom_capacity_bytes'] / GIB:.4g} GiB it "
@@ -256,6 +263,8 @@ class _Flags:
         self.fast = flags.DEFINE_bool("fast_compile", False, "lowest XLA optimisation effort (quicker; memory plan "
                                       "pessimistic)")
         self.out = flags.DEFINE_string("out", None, "also write the report as JSON here")
+        self.plan_only = flags.DEFINE_bool("plan_only", False, "no compile: the train state's bytes per chip and "
+                                           "the FLOPs only (TPU topologies)")
 
 
 _FLAGS = None
@@ -271,7 +280,7 @@ def cpu_device_count(topology: str):
     return int(n)
 
 
-def compile_for_tpu(config, tpu: TpuSlice, num_slices: int = 1) -> dict:
+def compile_for_tpu(config, tpu: TpuSlice, num_slices: int = 1, compile: bool = True) -> dict:
     """The AOT report (train/aot.py) of `config` on `num_slices` × `tpu`, described by libtpu on this host."""
     from mvd_jax.train.aot import compile_train_step, device_mesh, tpu_topology_devices
     from mvd_jax.train.config import resolve
@@ -279,14 +288,17 @@ def compile_for_tpu(config, tpu: TpuSlice, num_slices: int = 1) -> dict:
     devices = tpu_topology_devices(tpu.libtpu_topology, chip_config_name=tpu.generation.chip_config_name,
                                    chips_per_host_bounds=tpu.chips_per_host_bounds, num_slices=num_slices)
     cfg = resolve(config)
-    return compile_train_step(cfg, mesh=device_mesh(dict(cfg.mesh), devices, num_slices))
+    return compile_train_step(cfg, mesh=device_mesh(dict(cfg.mesh), devices, num_slices), compile=compile)
 
 
 def tpu_verdict(report: dict, tpu: TpuSlice, hbm_gib: float | None = None) -> tuple[bool, float]:
-    """(fits, the per-chip budget in bytes)."""
+    """(fits, the per-chip budget in bytes); fits is None when only the train state was sized
+    (--plan_only) and it fits: the temporaries decide."""
     hbm = (hbm_gib if hbm_gib else tpu.generation.hbm_gib) * GIB
     if "oom_used_bytes" in report:
         return False, hbm
+    if report.get("planned_only"):
+        return (None if report["argument_bytes"] <= hbm else False), hbm
     return report["total_bytes"] <= hbm, hbm
 
 
@@ -299,6 +311,8 @@ def main(argv):
             tpu = None if n else parse_tpu(F.topology.value)
         except UserError as e:
             raise UserError(f"--topology must be cpu:N or a TPU slice: {e}") from None
+        if n and F.plan_only.value:
+            raise UserError("--plan_only is for TPU topologies")
         if F.num_slices.value < 1 or (n and F.num_slices.value != 1):
             raise UserError("--num_slices must be ≥ 1 and is for TPU topologies only")
         if not 0 < F.utilization.value <= 1:
@@ -324,7 +338,7 @@ def main(argv):
                                 "before --topology applied; unset XLA_FLAGS device counts)")
             report = compile_train_step(F.config.value)
         else:
-            report = compile_for_tpu(F.config.value, tpu, F.num_slices.value)
+            report = compile_for_tpu(F.config.value, tpu, F.num_slices.value, compile=not F.plan_only.value)
     except UserError as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         sys.exit(2)
@@ -343,15 +357,19 @@ def main(argv):
                       utilization=F.utilization.value, fits=fits,
                       predicted_step_s=predicted_step_seconds(report, tpu.generation.peak_tflops, F.utilization.value))
         print(format_tpu_report(report, tpu, F.num_slices.value, hbm, F.utilization.value))
-        if "compile_s" in report:
+        if not report.get("planned_only"):
             print(f"lowered in {report['lower_s']:.1f} s, compiled in {report['compile_s']:.1f} s")
-        if fits:
+        if fits is None:
+            print(f"THE STATE FITS: {report['argument_bytes'] / GIB:.3f} GiB per chip ≤ {hbm / GIB:.4g} GiB, leaving "
+                  f"{(hbm - report['argument_bytes']) / GIB:.3f} GiB for activations and gradients; compile (without "
+                  "--plan_only) to know whether the step fits")
+        elif fits:
             print(f"FITS: {report['total_bytes'] / GIB:.3f} GiB per chip ≤ {hbm / GIB:.4g} GiB")
             if report["total_bytes"] > 0.85 * hbm:
                 print("  (close to the limit: the TPU compiler rematerialises on its own to fit, so the step may run "
                       "slower than predicted; more FSDP or train.remat=True leaves it room)")
         else:
-            need = report.get("oom_used_bytes", report.get("total_bytes", 0.0))
+            need = report.get("oom_used_bytes", report.get("total_bytes", report["argument_bytes"]))
             print(f"DOES NOT FIT: {need / GIB:.3f} GiB per chip > {hbm / GIB:.4g} GiB. What would help, most "
                   "effective first:")
             for k in knobs(report):

@@ -144,3 +144,16 @@ def test_tpu_slices_and_compiler_oom_messages():
     k = knobs(report)
     assert k[0].startswith("--config.train.remat=True") and not any("mesh.fsdp" in x for x in k)
     assert any("bfloat16" in x for x in k)
+
+
+@needs_libtpu
+def test_tpu_plan_only_sizes_the_train_state_without_compiling(tmp_path):
+    # the state (parameters, EMA, Adam's two moments, float32) split four ways, from the shardings alone
+    proc, r = _tpu_cli(tmp_path, "plan", "--config.mesh.data=1", "--config.mesh.fsdp=4", "--plan_only")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = 4 * 4 * r["trainable_params"]
+    assert r["planned_only"] and r["fits"] is None and "compile_s" in r and "temp_bytes" not in r
+    assert state / 4 <= r["argument_bytes"] < state / 4 * 1.2 and "THE STATE FITS" in proc.stdout
+    proc, r = _tpu_cli(tmp_path, "plan_small", "--config.mesh.data=1", "--config.mesh.fsdp=4", "--plan_only",
+                       "--hbm_gib=0.001")
+    assert proc.returncode == 3 and r["fits"] is False and "DOES NOT FIT" in proc.stdout

@@ -98,7 +98,7 @@ def device_mesh(sizes: dict, devices, num_slices: int = 1) -> Mesh:
     return Mesh(array, shd.MESH_AXES)
 
 
-def compile_train_step(config, devices=None, *, mesh: Mesh | None = None) -> dict:
+def compile_train_step(config, devices=None, *, mesh: Mesh | None = None, compile: bool = True) -> dict:
     """Lowers and compiles the diffusion train step of `config` on `devices` (default: this host's), or on
     a ready `mesh` (e.g. `device_mesh(...)` over a TPU topology).
 
@@ -106,7 +106,9 @@ def compile_train_step(config, devices=None, *, mesh: Mesh | None = None) -> dic
     parameter counts, mesh, batch and the seconds lowering and compiling took. When the TPU compiler
     refuses because the plan exceeds the chip's HBM, the report has instead what it said
     (`oom_used_bytes`, `oom_capacity_bytes`, `compile_error`) and the arguments' bytes per device
-    computed from the shardings.
+    computed from the shardings. compile=False skips lowering and compiling (an SVD-size step takes tens
+    of minutes and >20 GB of host RAM to compile for TPU): the report then holds the arguments' bytes per
+    device from the shardings and the jaxpr FLOPs only (`planned_only`: True).
     """
     from mvd_jax.eval.flops import jaxpr_flops
     from mvd_jax.train.model_state import build_unet
@@ -133,18 +135,21 @@ def compile_train_step(config, devices=None, *, mesh: Mesh | None = None) -> dic
     frozen = _with(programs.abstract_frozen, programs.frozen_shardings)
     batch = abstract_batch(cfg, unet_cfg, t.batch_size, mesh)
 
+    argument_bytes = float(sum(_bytes_per_device(a) for a in jax.tree.leaves((state, frozen, batch))))
     t0 = time.perf_counter()
-    lowered = programs.train_step.lower(state, frozen, batch)
-    t1 = time.perf_counter()
-    try:
-        compiler = compiled_report(lowered.compile())
-    except Exception as e:  # the TPU compiler refuses a plan larger than the chip's HBM
-        oom = parse_hbm_oom(str(e))
-        if oom is None:
-            raise
-        compiler = {"argument_bytes": float(sum(_bytes_per_device(a) for a in jax.tree.leaves((state, frozen, batch)))),
-                    "oom_used_bytes": oom[0], "oom_capacity_bytes": oom[1],
-                    "compile_error": str(e).strip().splitlines()[0][:500]}
+    if not compile:
+        compiler, t1 = {"argument_bytes": argument_bytes, "planned_only": True}, t0
+    else:
+        lowered = programs.train_step.lower(state, frozen, batch)
+        t1 = time.perf_counter()
+        try:
+            compiler = compiled_report(lowered.compile())
+        except Exception as e:  # the TPU compiler refuses a plan larger than the chip's HBM
+            oom = parse_hbm_oom(str(e))
+            if oom is None:
+                raise
+            compiler = {"argument_bytes": argument_bytes, "oom_used_bytes": oom[0], "oom_capacity_bytes": oom[1],
+                        "compile_error": str(e).strip().splitlines()[0][:500]}
     t2 = time.perf_counter()
     step_flops = jaxpr_flops(jax.make_jaxpr(programs.train_step)(state, frozen, batch).jaxpr)
     count = lambda tree: int(sum(x.size for x in jax.tree.leaves(tree)))  # noqa: E731
