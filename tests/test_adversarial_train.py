@@ -54,9 +54,13 @@ def opt_state_keys(opt_state) -> set:
     return keys
 
 
-@pytest.mark.parametrize("trainable", ["all", "none"])
+@pytest.mark.parametrize("trainable", ["all", "none", "gated"])
 def test_backbone_is_frozen_and_every_head_learns(trainable):
-    cfg = adversarial_config(trainable=trainable)
+    if trainable == "gated":  # the gate-learning stage trains under this objective: its importances must move
+        cfg = adversarial_config(trainable="all", gate_keep=3)
+        cfg.model.temporal_gating = "sampled"
+    else:
+        cfg = adversarial_config(trainable=trainable)
     unet_cfg = dataclasses.replace(unet_config(cfg), num_frames=cfg.frames)
     mesh = shd.make_mesh(dict(cfg.mesh))
     programs = make_programs(cfg, nnx.eval_shape(lambda: build_unet(unet_cfg, 0)), mesh, None)
@@ -87,6 +91,9 @@ def test_backbone_is_frozen_and_every_head_learns(trainable):
         assert g_after == {} and set(frozen) >= set(unet_params)
     else:
         assert any(not np.array_equal(g_after[k], start["generator"][k]) for k in g_after)
+    if trainable == "gated":
+        logits = "temporal_gates/logits"
+        assert not np.array_equal(g_after[logits], start["generator"][logits]), "no gradient reached the gates"
 
 
 # ---- kill -9 and resume --------------------------------------------------------------------------

@@ -57,7 +57,7 @@ def make_phase_optimizer(cfg, learning_rate: float):
 def build_adversarial_programs(cfg, unet_abstract, mesh, encode, opt_state_shardings):
     """The Programs of the adversarial phase (see trainer.Programs)."""
     from mvd_jax.models.discriminator import abstract_discriminator, discriminator_from_unet
-    from mvd_jax.train.trainer import Programs
+    from mvd_jax.train.trainer import Programs, gate_keep_at
 
     t, a = cfg.train, cfg.adversarial
     codec = ParamCodec(unet_abstract)
@@ -112,7 +112,7 @@ def build_adversarial_programs(cfg, unet_abstract, mesh, encode, opt_state_shard
 
     def train_step(state, frozen, batch):
         step = state["step"]
-        keys = jax.random.split(jax.random.fold_in(base_key, step), 5)
+        keys = jax.random.split(jax.random.fold_in(base_key, step), 6)
         x0 = batch["latents"].astype(jnp.float32)
         b, frames = x0.shape[:2]
         cond = jnp.repeat(batch["cond_latent"][:, None], frames, axis=1)
@@ -125,15 +125,24 @@ def build_adversarial_programs(cfg, unet_abstract, mesh, encode, opt_state_shard
         noisy = x0 + sigma.reshape(b, 1, 1, 1, 1) * jax.random.normal(keys[1], x0.shape)
 
         def generate(g_params):
+            """(x̂0, gate penalty): temporal gates are sampled (or the L1 baseline's scales used) exactly as
+            in the diffusion phase, so the gate-learning stage learns under this objective."""
             unet = codec.merge({**g_frozen, **g_params})
             unet.remat = t.remat
+            gates, penalty = None, jnp.float32(0.0)
+            if unet.config.temporal_gating == "sampled":
+                gates = unet.temporal_gates.sample(keys[5], gate_keep_at(t, step))
+            elif unet.config.temporal_gating == "l1":
+                gates = unet.temporal_gates.continuous()
+                penalty = t.l1_weight * unet.temporal_gates.l1_penalty()
 
             def model_fn(x, c_noise, context, added):
-                return unet(x.astype(dtype), c_noise, context.astype(dtype), added).astype(jnp.float32)
+                out = unet(x.astype(dtype), c_noise, context.astype(dtype), added, temporal_gates=gates)
+                return out.astype(jnp.float32)
 
-            return edm.denoise(model_fn, noisy, sigma, cond, embeds, ids)
+            return edm.denoise(model_fn, noisy, sigma, cond, embeds, ids), penalty
 
-        fake, g_vjp = jax.vjp(generate, state["params"])
+        (fake, gate_penalty), g_vjp = jax.vjp(generate, state["params"])
 
         # the discriminator sees real and fake re-noised at the same σ′
         sigma_d = adv.sample_discriminator_sigmas(keys[2], (b,), a.d_levels, a.d_p_mean, a.d_p_std)
@@ -164,7 +173,8 @@ def build_adversarial_programs(cfg, unet_abstract, mesh, encode, opt_state_shard
             return adv.generator_loss(fake_heads, sample, x0, a.recon_weight, a.huber_c or None)
 
         (g_loss, g_aux), d_sample = jax.value_and_grad(g_loss_of_sample, has_aux=True)(fake)
-        (g_grads,) = g_vjp(d_sample)
+        (g_grads,) = g_vjp((d_sample, jnp.ones_like(gate_penalty)))  # L_G + penalty, pulled back through G
+        g_loss = g_loss + gate_penalty
         g_updates, opt_state = tx_g.update(g_grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], g_updates)
 
