@@ -55,3 +55,16 @@ def env(tmp_path_factory):
     cache = tmp_path_factory.mktemp("jax_cache")
     return dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+
+
+# The longest files first: under `pytest -n 2 --dist loadfile` (scripts/test.sh) whole files go to the
+# workers in collection order, so starting the long trainer files first keeps both workers busy to the end
+# instead of leaving one of them alone with a 15-minute file.
+LONG_FILES = ("test_train_multidevice.py", "test_train.py", "test_adversarial_train.py", "test_stages.py",
+              "test_train_compile.py", "test_pipeline_vs_diffusers.py", "test_mobilevd_options.py", "test_funnels.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    order = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), order[id(item)]))
