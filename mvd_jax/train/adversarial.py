@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from jax.sharding import NamedSharding
 
 from mvd_jax.diffusion import edm
 from mvd_jax.errors import UserError
@@ -69,14 +68,9 @@ def build_adversarial_programs(cfg, unet_abstract, mesh, encode, opt_state_shard
     head_keys = [k for k in dcodec.keys if k.startswith("heads/")]
     backbone_keys = [k for k in dcodec.keys if not k.startswith("heads/")]
 
-    rules = dict(shd.DEFAULT_RULES)
-
-    def shardings(c: ParamCodec, keys, prefix=""):
-        logical, shapes = c.logical_axes(), c.shapes()
-        return {prefix + k: NamedSharding(mesh, shd._spec(shapes[k].shape, logical[k], mesh, rules)) for k in keys}
-
-    g_sh, d_sh = shardings(codec, g_keys), shardings(dcodec, head_keys)
-    frozen_sh = {**shardings(codec, g_frozen_keys), **shardings(dcodec, backbone_keys, DISCRIMINATOR_PREFIX)}
+    g_sh, d_sh = shd.param_shardings(codec, g_keys, mesh), shd.param_shardings(dcodec, head_keys, mesh)
+    frozen_sh = {**shd.param_shardings(codec, g_frozen_keys, mesh),
+                 **shd.param_shardings(dcodec, backbone_keys, mesh, prefix=DISCRIMINATOR_PREFIX)}
     g_shapes = {k: codec.shapes()[k] for k in g_keys}
     d_shapes = {k: dcodec.shapes()[k] for k in head_keys}
     frozen_shapes = {**{k: codec.shapes()[k] for k in g_frozen_keys},
@@ -192,8 +186,7 @@ def build_adversarial_programs(cfg, unet_abstract, mesh, encode, opt_state_shard
                    "sigma_mean": jnp.mean(sigma)}
         return new, metrics
 
-    batch_sh = {k: shd.batch_sharding(mesh, n) for k, n in
-                (("latents", 5), ("cond_latent", 4), ("image_embeds", 3), ("added_time_ids", 2))}
+    batch_sh = shd.model_batch_shardings(mesh)
     train_step = jax.jit(train_step, in_shardings=(state_sh, frozen_sh, batch_sh), out_shardings=(state_sh, rep),
                          donate_argnums=(0,))
     return Programs(codec=codec, train_keys=g_keys, frozen_keys=list(frozen_shapes), init_state=init_state,

@@ -58,6 +58,22 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
 
 
+# The model batch (encoded latents): its arrays and their ranks; every phase's step takes this structure.
+MODEL_BATCH_RANKS = {"latents": 5, "cond_latent": 4, "image_embeds": 3, "added_time_ids": 2}
+
+
+def model_batch_shardings(mesh: Mesh) -> dict:
+    """Each model-batch array split over the batch axes."""
+    return {k: batch_sharding(mesh, n) for k, n in MODEL_BATCH_RANKS.items()}
+
+
+def param_shardings(codec, keys, mesh: Mesh, rules=DEFAULT_RULES, prefix: str = "") -> dict:
+    """NamedShardings of a ParamCodec's flat parameters `keys` (from their logical axes), keyed prefix + key."""
+    rules = dict(rules)
+    logical, shapes = codec.logical_axes(), codec.shapes()
+    return {prefix + k: NamedSharding(mesh, _spec(shapes[k].shape, logical[k], mesh, rules)) for k in keys}
+
+
 def data_parallel_size(mesh: Mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
 

@@ -22,7 +22,6 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding
 
 from mvd_jax.config import unet_config
 from mvd_jax.models.gates import temporal_block_names
@@ -137,10 +136,8 @@ def build_programs(cfg, unet_abstract, mesh, encoders, tx, schedule) -> Programs
     keys = codec.keys
     train_keys = trainable_keys(keys, t.trainable)
     frozen_keys = [k for k in keys if k not in set(train_keys)]
-    logical = codec.logical_axes()
     shapes = codec.shapes()
-    rules = dict(shd.DEFAULT_RULES)
-    sharding_of = {k: NamedSharding(mesh, shd._spec(shapes[k].shape, logical[k], mesh, rules)) for k in keys}
+    sharding_of = shd.param_shardings(codec, keys, mesh)
     trainable_sh = {k: sharding_of[k] for k in train_keys}
     frozen_sh = {k: sharding_of[k] for k in frozen_keys}
     abstract_opt = jax.eval_shape(tx.init, {k: shapes[k] for k in train_keys})
@@ -196,8 +193,7 @@ def build_programs(cfg, unet_abstract, mesh, encoders, tx, schedule) -> Programs
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(step), "finite": finite, **aux}
         return new, metrics
 
-    batch_sh = {k: shd.batch_sharding(mesh, n) for k, n in
-                (("latents", 5), ("cond_latent", 4), ("image_embeds", 3), ("added_time_ids", 2))}
+    batch_sh = shd.model_batch_shardings(mesh)
     train_step = jax.jit(train_step, in_shardings=(state_sh, frozen_sh, batch_sh),
                          out_shardings=(state_sh, rep), donate_argnums=(0,))
 
@@ -219,8 +215,7 @@ def make_encode(cfg, encoders, mesh):
     from mvd_jax.data.encode import encode_clips
 
     t = cfg.train
-    batch_sh = {k: shd.batch_sharding(mesh, n) for k, n in
-                (("latents", 5), ("cond_latent", 4), ("image_embeds", 3), ("added_time_ids", 2))}
+    batch_sh = shd.model_batch_shardings(mesh)
     enc_graph, _ = nnx.split(encoders)
     aug_key, noise_key = jax.random.key(t.seed + 1), jax.random.key(t.seed + 2)
 
