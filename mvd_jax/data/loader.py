@@ -51,6 +51,11 @@ class LoaderOptions:
     drop_remainder: bool = True
     process_index: int | None = None  # default: jax.process_index()
     process_count: int | None = None  # default: jax.process_count()
+    # Clips decoded ahead (per decoding process) by one background thread. Grain's default read-ahead
+    # (16 threads, 500 clips) filled the cores and memory behind the training step's back: 500 SVD-size
+    # clips (14×512×256×3 float32) are 11 GB, and on this 2-core machine the threads slowed the first
+    # compile 18× (55 s instead of 3 s for the encoder program). None: two batches.
+    read_ahead: int | None = None
 
 
 class DecodeClip:
@@ -143,7 +148,8 @@ class VideoClipLoader:
             ds = ds.shuffle(seed=options.seed)
         ds = ds.random_map(DecodeClip(spec), seed=options.seed).repeat(options.num_epochs)
         ds = HostBlockShard(ds, block=options.batch_size, process_index=index, process_count=count)
-        it = ds.to_iter_dataset()
+        ahead = 2 * options.batch_size if options.read_ahead is None else options.read_ahead
+        it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1 if ahead > 0 else 0, prefetch_buffer_size=max(ahead, 1)))
         if options.num_workers > 0:
             _ensure_absl_flags_parsed()
             it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=options.num_workers))
