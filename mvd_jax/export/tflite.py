@@ -1,0 +1,126 @@
+"""jax2tf → TFLite: one component function (functions.py) to a `.tflite` of TFLite builtins only.
+
+    jax2tf.convert(fn, with_gradient=False)       StableHLO inside one XlaCallModule (jax2tf's only path)
+    tf.function with named static TensorSpecs     the signature "serving_default": inputs and outputs named
+    parameters as tf.Variables                    the program stays small; the converter freezes them
+    TFLiteConverter.from_concrete_functions       supported_ops = [TFLITE_BUILTINS]: an op without a builtin
+                                                  fails the conversion instead of becoming a Flex op
+    fp16: optimizations=[DEFAULT], supported_types=[float16]   float16 weights, about half the file
+    int8: optimizations=[DEFAULT] + representative dataset, TFLITE_BUILTINS_INT8 (w8a8, float I/O)
+
+The converter names a signature's tensors "serving_default_noise:0" / "StatefulPartitionedCall:0";
+`name_io_tensors` renames them to the signature names (noise, x0) so AI Hub's input/output specs and any
+tool that lists tensors show the names the docs use. (Skipped for models whose weights sit outside the
+2 GB flatbuffer, where re-serialising would move them; the signature names still hold.)
+
+The StableHLO that TF 2.21's converter reads must not need a newer StableHLO than it knows: FFT and
+multi-operand sort, for example, fail as "'vhlo.fft_v1' op is not part of the vhlo support yet", and
+custom calls (LAPACK, top_k) as "'tf.XlaCallModule' op is neither a custom op nor a flex op". Such
+failures surface as ExportError with the converter's error lines.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from mvd_jax.export import ExportError
+from mvd_jax.export.functions import ExportFunction
+from mvd_jax.export.verify import Report, install_verified
+
+PRECISIONS = ("fp32", "fp16", "int8")
+TFLITE_2GB = 2**31 - 1
+
+
+def _tf():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+    import tensorflow as tf
+
+    return tf
+
+
+def concrete_function(f: ExportFunction):
+    """(a tf.Module holding the parameters as tf.Variables, the concrete function of its signature)."""
+    tf = _tf()
+    from jax.experimental import jax2tf
+
+    module = tf.Module()
+    module.params = [tf.Variable(p, trainable=False, name=f"p{i}") for i, p in enumerate(f.params)]
+    converted = jax2tf.convert(f.fn, with_gradient=False, native_serialization_platforms=("cpu",))
+    specs = [tf.TensorSpec(i.shape, getattr(tf, i.dtype), name=i.name) for i in f.inputs]
+
+    @tf.function(autograph=False, input_signature=specs)
+    def serve(*args):
+        return converted(module.params, *args)
+
+    module.serve = serve
+    return module, serve.get_concrete_function()
+
+
+def convert(f: ExportFunction, precision: str, *, traced=None, representative_seeds=range(1, 9)) -> bytes:
+    """The `.tflite` bytes of `f` at `precision` ("fp32", "fp16" or "int8"). `traced` reuses the result
+    of `concrete_function(f)` across precisions."""
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    tf = _tf()
+    module, fn = traced or concrete_function(f)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], module)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if precision == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif precision == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: (f.sample_inputs(s) for s in representative_seeds)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    try:
+        model = converter.convert()
+    except Exception as e:  # ConverterError and friends: the graph cannot be expressed in builtins
+        lines = [line.strip() for line in str(e).splitlines() if "error:" in line] or str(e).splitlines()[:1]
+        detail = "".join("\n  " + line.split("error:", 1)[-1].strip() for line in dict.fromkeys(lines))
+        raise ExportError(f"{f.name} {precision}: the TFLite converter refused the graph "
+                          f"({type(e).__name__}){detail}") from None
+    return name_io_tensors(model)
+
+
+def name_io_tensors(model: bytes) -> bytes:
+    """The model with each signature input/output tensor renamed to its signature name."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    if len(model) >= TFLITE_2GB:
+        return model
+    m = schema.ModelT.InitFromPackedBuf(model, 0)
+    if any(b.offset for b in m.buffers or []):
+        return model
+    for sig in m.signatureDefs or []:
+        tensors = m.subgraphs[sig.subgraphIndex].tensors
+        for tmap in list(sig.inputs or []) + list(sig.outputs or []):
+            tensors[tmap.tensorIndex].name = tmap.name
+    builder = flatbuffers.Builder(len(model) + 4096)
+    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def export_component(f: ExportFunction, precision: str, out_dir, *, traced=None, tolerance: float | None = None,
+                     seed: int = 0, converter=None) -> Report:
+    """Convert and install `OUT_DIR/<name>_<precision>.tflite` if it verifies (verify.install_verified).
+
+    Returns the report; raises ExportError (the report, as far as it got, is attached as `e.report`).
+    `converter(f, precision) -> bytes` replaces `convert` (tests use it to hand in a forbidden graph).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"{f.name}_{precision}.tflite"
+    final.unlink(missing_ok=True)  # a stale model must not pass for this export's result
+    report = Report(f.name, precision, num_params=f.num_params)
+    try:
+        t0 = time.perf_counter()
+        model = converter(f, precision) if converter else convert(f, precision, traced=traced)
+        report.convert_s = time.perf_counter() - t0
+        return install_verified(model, final, f, precision, tolerance=tolerance, seed=seed, report=report)
+    except ExportError as e:
+        report.error = str(e)
+        e.report = report
+        raise
+

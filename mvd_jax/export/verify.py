@@ -1,0 +1,224 @@
+"""Verification is part of export: a `.tflite` appears under its real name only after LiteRT has run it and
+its outputs match the JAX function's within the precision's tolerance, and its op census holds TFLite
+builtins only.
+
+    tolerance (relative L2 = ‖tflite − jax‖ / ‖jax‖, per output, on random inputs)
+        fp32  1e-4     the same arithmetic in another order
+        fp16  5e-3     weights rounded to float16 (CPU kernels dequantise them; a phone GPU also computes
+                       in fp16, which AI Hub's on-device comparison shows)
+        int8  1e-1     weights and activations quantised (w8a8); the bound only separates "works" from
+                       "broken" — whether the quality suffices is a question for the videos
+
+The write protocol (`install_verified`): the model is written as `.NAME.tflite.partial` (a name no loader
+takes for a model), checked, then renamed; on any failure the partial file is deleted and the error names
+what was wrong. A stale `NAME.tflite` from an earlier export is removed before the new one is attempted, so
+a failed export never leaves a model behind that looks like its result.
+
+LiteRT runs in a child process (`python -m mvd_jax.export.verify`): a kernel that aborts in `Prepare` (as
+int8 ADD does on the UNet step with LiteRT 2.3.0, see export/README.md) then fails this export with a
+message instead of killing the exporting process.
+
+The op census reads the flatbuffer itself (operator codes of every subgraph): a Flex op (a TensorFlow
+kernel, `FlexXxx`) or any other custom op is refused — phones and AI Hub's TFLite runtime run builtins.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mvd_jax.export import ExportError
+
+TOLERANCES = {"fp32": 1e-4, "fp16": 5e-3, "int8": 1e-1}
+CUSTOM = "custom:"
+
+
+# ---- op census -----------------------------------------------------------------------------------------
+def op_census(model: bytes | str | os.PathLike) -> collections.Counter:
+    """{op name: count} over every subgraph. Builtins by name (CONV_2D); custom ops as "custom:" + their
+    custom code (Flex ops: "custom:FlexXxx")."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    buf = Path(model).read_bytes() if isinstance(model, (str, os.PathLike)) else model
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    m = schema.Model.GetRootAsModel(buf, 0)
+    codes = []
+    for i in range(m.OperatorCodesLength()):
+        oc = m.OperatorCodes(i)
+        # ops numbered above 127 keep the placeholder 127 in the deprecated field
+        code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
+        if code == schema.BuiltinOperator.CUSTOM:
+            codes.append(CUSTOM + (oc.CustomCode() or b"<unnamed>").decode())
+        else:
+            codes.append(names.get(code, f"BUILTIN_{code}"))
+    census = collections.Counter()
+    for g in range(m.SubgraphsLength()):
+        sg = m.Subgraphs(g)
+        for o in range(sg.OperatorsLength()):
+            census[codes[sg.Operators(o).OpcodeIndex()]] += 1
+    return census
+
+
+def io_names(model) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(inputs, outputs) of the main subgraph in the model's own order, as (tensor name, signature name):
+    tools that feed a model by tensor order (AI Hub datasets) need that order, which is not the
+    signature's alphabetical one."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    buf = Path(model).read_bytes() if isinstance(model, (str, os.PathLike)) else model
+    m = schema.Model.GetRootAsModel(buf, 0)
+    sig_name = {}
+    sg_index = 0
+    if m.SignatureDefsLength():
+        sig = m.SignatureDefs(0)
+        sg_index = sig.SubgraphIndex()
+        for i in range(sig.InputsLength()):
+            sig_name[sig.Inputs(i).TensorIndex()] = sig.Inputs(i).Name().decode()
+        for i in range(sig.OutputsLength()):
+            sig_name[sig.Outputs(i).TensorIndex()] = sig.Outputs(i).Name().decode()
+    sg = m.Subgraphs(sg_index)
+
+    def named(indices):
+        out = []
+        for t in indices:
+            tensor = sg.Tensors(t).Name().decode()
+            out.append((tensor, sig_name.get(t, tensor)))
+        return out
+
+    return (named(sg.Inputs(i) for i in range(sg.InputsLength())),
+            named(sg.Outputs(i) for i in range(sg.OutputsLength())))
+
+
+def non_builtin_ops(census) -> list[str]:
+    """The census entries that are not TFLite builtins (Flex and other custom ops)."""
+    return sorted(op[len(CUSTOM):] for op in census if op.startswith(CUSTOM))
+
+
+def format_census(census, top: int = 6) -> str:
+    ops = sorted(census.items(), key=lambda kv: (-kv[1], kv[0]))
+    head = ", ".join(f"{k}×{v}" for k, v in ops[:top])
+    rest = f", +{len(ops) - top} kinds" if len(ops) > top else ""
+    return f"{sum(census.values())} ops: {head}{rest}"
+
+
+# ---- running LiteRT ------------------------------------------------------------------------------------
+def run_litert(model_path, inputs: dict[str, np.ndarray], *, timeout_s: float = 600) -> dict[str, np.ndarray]:
+    """The model's outputs for `inputs` (keyed by signature input name), computed by ai_edge_litert's
+    Interpreter (default delegates: XNNPACK on CPU) in a child process."""
+    with tempfile.TemporaryDirectory(prefix="mvd_litert_") as tmp:
+        src, dst = Path(tmp) / "inputs.npz", Path(tmp) / "outputs.npz"
+        np.savez(src, **inputs)
+        cmd = [sys.executable, "-m", "mvd_jax.export.verify", str(model_path), str(src), str(dst)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise ExportError(f"LiteRT did not finish {Path(model_path).name} within {timeout_s:.0f} s") from None
+        if proc.returncode != 0:
+            rc = proc.returncode
+            how = f"was killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with status {rc}"
+            tail = [line for line in proc.stderr.splitlines() if line.strip()][-8:]
+            raise ExportError(f"LiteRT {how} running {Path(model_path).name}" + "".join("\n  " + t for t in tail))
+        with np.load(dst) as out:
+            return {k: out[k] for k in out.files}
+
+
+def _litert_worker(model_path: str, src: str, dst: str) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=model_path, num_threads=os.cpu_count() or 1)
+    runner = interpreter.get_signature_runner()
+    with np.load(src) as f:
+        inputs = {k: f[k] for k in f.files}
+    expected = set(runner.get_input_details())
+    if set(inputs) != expected:
+        sys.exit(f"the model's inputs are {sorted(expected)}, given {sorted(inputs)}")
+    np.savez(dst, **runner(**inputs))
+
+
+# ---- comparison ----------------------------------------------------------------------------------------
+def rel_l2(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if got.shape != want.shape:
+        return float("inf")
+    den = np.linalg.norm(want)
+    num = np.linalg.norm(got - want)
+    return float(num / den) if den > 0 else (0.0 if num == 0 else float("inf"))
+
+
+@dataclasses.dataclass
+class Report:
+    """One component at one precision: what the verification table prints (and report.json records)."""
+
+    component: str
+    precision: str
+    path: str | None = None  # the installed model; None when the export failed
+    rel_l2: dict = dataclasses.field(default_factory=dict)  # output name → relative L2 vs JAX
+    tolerance: float = 0.0
+    census: dict = dataclasses.field(default_factory=dict)
+    size_bytes: int = 0
+    num_params: int = 0
+    convert_s: float = 0.0
+    verify_s: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def worst(self) -> float:
+        return max(self.rel_l2.values(), default=float("nan"))
+
+
+def check_model(model_path, f, precision: str, *, tolerance: float | None = None, seed: int = 0,
+                report: Report | None = None) -> Report:
+    """Census, then LiteRT vs JAX on `f.sample_inputs(seed)`; raises ExportError (with `report` filled in
+    as far as it got) when the model must not ship."""
+    report = report or Report(f.name, precision)
+    report.tolerance = TOLERANCES[precision] if tolerance is None else tolerance
+    report.size_bytes = Path(model_path).stat().st_size
+    report.census = dict(op_census(model_path))
+    bad = non_builtin_ops(report.census)
+    if bad:
+        raise ExportError(f"{f.name} {precision}: non-builtin ops {bad} in the TFLite graph; phones run "
+                          "TFLite builtins only")
+    t0 = time.perf_counter()
+    inputs = f.sample_inputs(seed)
+    got = run_litert(model_path, inputs)
+    want = f.reference(inputs)
+    report.verify_s = time.perf_counter() - t0
+    missing = sorted(set(want) - set(got))
+    if missing:
+        raise ExportError(f"{f.name} {precision}: the model has no output(s) {missing} (it has {sorted(got)})")
+    report.rel_l2 = {k: rel_l2(got[k], want[k]) for k in f.outputs}
+    if not report.worst <= report.tolerance:  # also catches NaN
+        raise ExportError(f"{f.name} {precision}: LiteRT differs from JAX by relative L2 "
+                          f"{report.worst:.3g} > tolerance {report.tolerance:g}")
+    return report
+
+
+def install_verified(model: bytes, final_path, f, precision: str, *, tolerance: float | None = None,
+                     seed: int = 0, report: Report | None = None) -> Report:
+    """Writes `model` to `final_path` only if `check_model` passes (see the module docstring)."""
+    final_path = Path(final_path)
+    partial = final_path.with_name(f".{final_path.name}.partial")
+    partial.write_bytes(model)
+    try:
+        report = check_model(partial, f, precision, tolerance=tolerance, seed=seed, report=report)
+        os.replace(partial, final_path)
+    finally:
+        partial.unlink(missing_ok=True)
+    report.path = str(final_path)
+    return report
+
+
+if __name__ == "__main__":  # the LiteRT child process of run_litert: MODEL INPUTS.npz OUTPUTS.npz
+    _litert_worker(*sys.argv[1:4])
