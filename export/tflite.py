@@ -1,0 +1,255 @@
+"""Export a trained MobileVD to TFLite (builtins only, fp32 / fp16), verified against JAX with LiteRT, and
+optionally run and profiled on a phone through Qualcomm AI Hub.
+
+    python -m export.tflite --run RUN_DIR --out DIR [--precision fp32,fp16]
+        [--components unet,vae_decoder,vae_encoder,clip] [--frames T --height H --width W]
+        [--decode-chunk N] [--ai-hub-device "Samsung Galaxy S24"]
+    python -m export.tflite --unet RUN_DIR|UNET_DIR [--checkpoint SVD_DIR] --out DIR --frames 14 --height 512 --width 256
+
+Sources. `--run`: a trainer run directory — its latest checkpoint's EMA UNet, and the VAE + CLIP its config
+names (SVD's from autoencoder.checkpoint, or the demo's pixel autoencoder and fixed random CLIP); sizes
+default to the run's frames/height/width. `--unet`: a run directory or a diffusers unet folder, for the
+UNet only; `--checkpoint`: an SVD pipeline folder for the VAE and CLIP (and the UNet when no --unet).
+
+The UNet is exported in inference form: funnels merged into the weights, temporal blocks pruned by the
+config (never built) or by the run's learned gates (removed), the single EDM step folded in
+(mvd_jax/export/functions.py). Every `.tflite` is written only after LiteRT reproduced JAX within the
+precision's tolerance and its op census held builtins only (mvd_jax/export/verify.py); the table and
+OUT/report.json record the numbers. Exit status: 0 all verified; 1 an export failed (no model written
+for it); 2 bad arguments; 3 the local export stands but AI Hub could not be used or its job failed.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from mvd_jax.errors import UserError, cli_main
+
+COMPONENT_NAMES = {"unet": "unet_step", "vae_decoder": "vae_decoder", "vae_encoder": "vae_encoder",
+                   "clip": "clip_image_encoder"}
+
+
+def _csv(value: str, allowed, what: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in items if v not in allowed]
+    if bad or not items:
+        raise UserError(f"--{what} takes a comma-separated subset of {', '.join(allowed)}; got {value!r}")
+    return list(dict.fromkeys(items))
+
+
+@dataclasses.dataclass
+class Sources:
+    unet: object = None
+    vae: object = None
+    clip: object = None
+    run_config: object = None  # the run's resolved config, when the UNet comes from a run directory
+    gate_keep: int | None = None
+
+
+def load_sources(args, components) -> Sources:
+    """The models the requested components need, each from the source the arguments name."""
+    from mvd_jax.train.stages import is_run_dir, read_run_unet
+
+    s = Sources()
+    run = args.run or (args.unet if args.unet and is_run_dir(args.unet) else None)
+    if args.run and not is_run_dir(args.run):
+        raise UserError(f"--run {args.run} is not a trainer run directory (no checkpoints/config.json)")
+    checkpoint = None
+    if args.checkpoint:
+        from mvd_jax.diffusion.pipeline import check_pipeline_folder
+
+        checkpoint = check_pipeline_folder(args.checkpoint)
+    if run:
+        from mvd_jax.train.stages import read_run_config
+
+        s.run_config = read_run_config(run)
+        s.gate_keep = int(s.run_config.train.get("gate_keep", 0)) or None
+    needs_ae = any(c in components for c in ("vae_decoder", "vae_encoder", "clip"))
+    if needs_ae:
+        if checkpoint is not None:
+            from mvd_jax.convert.diffusers_vae import load_vae
+            from mvd_jax.convert.transformers_clip import load_image_encoder
+
+            s.vae, s.clip = load_vae(checkpoint / "vae"), load_image_encoder(checkpoint / "image_encoder")
+        elif args.run:
+            from mvd_jax.train.trainer import build_autoencoder
+
+            s.vae, s.clip = build_autoencoder(s.run_config)
+        else:
+            raise UserError("exporting the VAE or CLIP needs --run RUN_DIR or --checkpoint SVD_DIR "
+                            "(or --components unet)")
+    if "unet" in components:
+        if run:
+            s.unet = read_run_unet(run, use_ema=True)[0]
+        elif args.unet:
+            from mvd_jax.convert import load_unet
+
+            if not Path(args.unet).exists():
+                raise UserError(f"--unet {args.unet} is neither a trainer run directory nor a diffusers unet folder")
+            s.unet = load_unet(args.unet)
+        elif checkpoint is not None:
+            from mvd_jax.convert import load_unet
+
+            s.unet = load_unet(checkpoint / "unet")
+        else:
+            raise UserError("exporting the UNet needs --run, --unet or --checkpoint")
+    return s
+
+
+def geometry(args, s: Sources) -> dict:
+    """Frames and pixel/latent sizes: the arguments, else the run's config."""
+    cfg = s.run_config
+    frames = args.frames or (cfg.frames if cfg is not None else None)
+    height = args.height or (cfg.height if cfg is not None else None)
+    width = args.width or (cfg.width if cfg is not None else None)
+    if not (frames and height and width):
+        raise UserError("give --frames, --height and --width (only a --run directory supplies them)")
+    if s.vae is not None:
+        factor = s.vae.config.downsampling_factor
+    elif cfg is not None:
+        from mvd_jax.train.config import latent_geometry
+
+        factor = latent_geometry(cfg)[0]
+    else:
+        factor = 8  # SVD's VAE
+    if height % factor or width % factor:
+        raise UserError(f"--height/--width {height}×{width} must be multiples of the VAE's factor {factor}")
+    chunk = args.decode_chunk or frames
+    if not 1 <= chunk <= frames:
+        raise UserError(f"--decode-chunk must be in 1..{frames}, got {chunk}")
+    return dict(frames=frames, height=height, width=width, latent_height=height // factor,
+                latent_width=width // factor, decode_chunk=chunk)
+
+
+def build_functions(components, s: Sources, g: dict, sigma_max: float):
+    from mvd_jax.export import functions as F
+
+    if s.unet is not None and s.vae is not None and s.unet.config.out_channels != s.vae.config.latent_channels:
+        raise UserError(f"the UNet makes {s.unet.config.out_channels}-channel latents, the VAE takes "
+                        f"{s.vae.config.latent_channels}")
+    for c in components:  # built one at a time: each holds its own copy of the parameters
+        if c == "unet":
+            yield F.unet_step(F.prepare_unet(s.unet, gate_keep=s.gate_keep), frames=g["frames"],
+                              latent_height=g["latent_height"], latent_width=g["latent_width"], sigma_max=sigma_max)
+        elif c == "vae_decoder":
+            yield F.vae_decoder(s.vae, frames=g["decode_chunk"], latent_height=g["latent_height"],
+                                latent_width=g["latent_width"])
+        elif c == "vae_encoder":
+            yield F.vae_encoder(s.vae, height=g["height"], width=g["width"])
+        elif c == "clip":
+            yield F.clip_image_encoder(s.clip, height=g["height"], width=g["width"])
+
+
+def format_table(reports) -> str:
+    from mvd_jax.export.verify import format_census
+
+    rows = [("component", "precision", "params", "rel L2 vs JAX", "tolerance", "size", "convert", "op census", "result")]
+    for r in reports:
+        rows.append((r.component, r.precision, f"{r.num_params / 1e6:.2f} M",
+                     f"{r.worst:.2e}" if r.rel_l2 else "—", f"{r.tolerance:g}" if r.tolerance else "—",
+                     f"{r.size_bytes / 2**20:.2f} MiB" if r.size_bytes else "—",
+                     f"{r.convert_s:.1f} s" if r.convert_s else "—",
+                     format_census(r.census) if r.census else "—",
+                     "ok" if r.ok else "FAILED: " + r.error.splitlines()[0]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows)
+
+
+@cli_main
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export.tflite", description=__doc__.split("\n")[0])
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--run", help="trainer run directory: UNet (EMA), VAE and CLIP as its config names them")
+    src.add_argument("--unet", help="a trainer run directory or a diffusers unet folder (the UNet only)")
+    p.add_argument("--checkpoint", help="SVD pipeline folder (unet/, vae/, image_encoder/) for the VAE and CLIP")
+    p.add_argument("--out", required=True, help="output folder for the .tflite files and report.json")
+    p.add_argument("--precision", default="fp32,fp16", help="comma-separated: fp32, fp16, int8 (default fp32,fp16)")
+    p.add_argument("--components", default=None,
+                   help="comma-separated: unet, vae_decoder, vae_encoder, clip (default: all the sources allow)")
+    p.add_argument("--frames", type=int, default=None)
+    p.add_argument("--height", type=int, default=None, help="video height in pixels")
+    p.add_argument("--width", type=int, default=None, help="video width in pixels")
+    p.add_argument("--decode-chunk", type=int, default=None, help="frames per VAE decoder call (default: all)")
+    p.add_argument("--sigma-max", type=float, default=None, help="σ of the single step (default 700, SVD's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the verification inputs")
+    p.add_argument("--ai-hub-device", default=None, help='run and profile on this AI Hub device, e.g. "Samsung Galaxy S24"')
+    args = p.parse_args(argv)
+
+    from mvd_jax.export import ExportError
+    from mvd_jax.export.functions import COMPONENTS
+    from mvd_jax.export.tflite import PRECISIONS, concrete_function, export_component
+
+    precisions = _csv(args.precision, PRECISIONS, "precision")
+    if args.components:
+        components = _csv(args.components, COMPONENTS, "components")
+    else:
+        components = ["unet"] + (["vae_decoder", "vae_encoder", "clip"] if (args.run or args.checkpoint) else [])
+    if not (args.run or args.unet or args.checkpoint):
+        raise UserError("name the model: --run RUN_DIR, --unet UNET_DIR or --checkpoint SVD_DIR")
+    out = Path(args.out)
+
+    from mvd_jax.diffusion.edm import SIGMA_MAX
+
+    t0 = time.perf_counter()
+    sources = load_sources(args, components)
+    g = geometry(args, sources)
+    print(f"loaded in {time.perf_counter() - t0:.1f} s; exporting {', '.join(components)} at "
+          f"{g['frames']}×{g['height']}×{g['width']} (latents {g['latent_height']}×{g['latent_width']}) "
+          f"as {', '.join(precisions)} to {out}", flush=True)
+    reports, functions, specs = [], {}, {}
+    for f in build_functions(components, sources, g, args.sigma_max or SIGMA_MAX):
+        t1 = time.perf_counter()
+        traced = concrete_function(f)
+        trace_s = time.perf_counter() - t1
+        for precision in precisions:
+            try:
+                report = export_component(f, precision, out, traced=traced, seed=args.seed)
+            except ExportError as e:
+                report = e.report
+            report.convert_s += trace_s / len(precisions)
+            reports.append(report)
+            status = f"rel L2 {report.worst:.2e}" if report.ok else "FAILED"
+            print(f"  {f.name} {precision}: {status} ({report.convert_s:.1f} s convert, {report.verify_s:.1f} s verify)",
+                  flush=True)
+        functions[f.name] = f
+        specs[f.name] = dict(inputs=[dict(name=i.name, shape=list(i.shape), dtype=i.dtype, doc=i.doc)
+                                     for i in f.inputs], outputs=list(f.outputs))
+        del traced
+
+    print()
+    print(format_table(reports))
+    record = dict(geometry=g, components=specs, models=[dataclasses.asdict(r) for r in reports])
+    out.mkdir(parents=True, exist_ok=True)
+    failed = [r for r in reports if not r.ok]
+    status = 1 if failed else 0
+
+    if args.ai_hub_device and not failed:
+        from mvd_jax.export.ai_hub import HubUnavailable, run_on_device
+
+        device_results = []
+        for r in reports:
+            try:
+                result = run_on_device(r.path, functions[r.component], r.precision, args.ai_hub_device, seed=args.seed)
+            except HubUnavailable as e:
+                print(f"{str(e).splitlines()[0]} — the local export in {out} stands", file=sys.stderr)
+                status = 3
+                break
+            except ExportError as e:
+                print(f"AI Hub: {str(e).splitlines()[0]}", file=sys.stderr)
+                status = 3
+                continue
+            device_results.append(dataclasses.asdict(result))
+            print(result.line())
+        record["ai_hub"] = device_results
+    (out / "report.json").write_text(json.dumps(record, indent=2) + "\n")
+    if failed:
+        print(f"\n{len(failed)} export(s) failed verification; no .tflite was written for them", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

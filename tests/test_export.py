@@ -1,0 +1,384 @@
+"""Export to TFLite (mvd_jax/export, python -m export.tflite): a small MobileVD (collapsed cross-attention,
+temporal multiscaling, pruned temporal blocks, funnels merged at export) plus a tiny temporal VAE and CLIP
+image encoder go through the command line once; the tests then check the files against JAX computed
+independently of the export code, the op census, the refusals and the AI Hub orchestration.
+
+Needs the [export] extra (tensorflow-cpu, ai-edge-litert, qai-hub); skipped without it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+pytest.importorskip("ai_edge_litert")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from mvd_jax.convert import unet_from_tensors, unet_to_tensors  # noqa: E402
+from mvd_jax.convert.diffusers_unet import DIFFUSERS_CLASS, WEIGHTS_NAME, expected_parameters  # noqa: E402
+from mvd_jax.convert.diffusers_vae import abstract_vae, save_vae_diffusers, vae_from_tensors  # noqa: E402
+from mvd_jax.convert.safetensors_io import write_safetensors  # noqa: E402
+from mvd_jax.convert.strict import expected_from_module  # noqa: E402
+from mvd_jax.convert.transformers_clip import (  # noqa: E402
+    abstract_image_encoder,
+    image_encoder_from_tensors,
+    save_image_encoder,
+)
+from mvd_jax.diffusion import samplers  # noqa: E402
+from mvd_jax.errors import UserError  # noqa: E402
+from mvd_jax.export import ExportError  # noqa: E402
+from mvd_jax.export import ai_hub  # noqa: E402
+from mvd_jax.export import functions as F  # noqa: E402
+from mvd_jax.export import verify  # noqa: E402
+from mvd_jax.export.tflite import export_component  # noqa: E402
+from mvd_jax.models.clip_vision import CLIPVisionConfig, preprocess_for_clip  # noqa: E402
+from mvd_jax.models.funnels import add_funnels  # noqa: E402
+from mvd_jax.models.gates import temporal_block_names  # noqa: E402
+from mvd_jax.models.unet_config import UNetConfig  # noqa: E402
+from mvd_jax.models.vae import VAEConfig  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from export.tflite import main as export_main  # noqa: E402
+
+FRAMES, HEIGHT, WIDTH = 4, 16, 32  # pixels; the tiny VAE halves them: latents 4 × 8 × 16
+PRUNED = ("down_blocks.1.resnets.0", "mid_block.resnets.1")
+UNET_CONFIG = UNetConfig(
+    in_channels=8, out_channels=4,
+    down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+    up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+    block_out_channels=(32, 32), num_attention_heads=(2, 2), cross_attention_dim=32, addition_time_embed_dim=8,
+    projection_class_embeddings_input_dim=24, layers_per_block=1, num_frames=FRAMES,
+    collapse_cross_attention=True, temporal_multiscale=True, pruned_temporal_blocks=PRUNED)
+VAE_CONFIG = VAEConfig(down_block_types=("DownEncoderBlock2D",) * 2, block_out_channels=(32, 32), layers_per_block=1,
+                       latent_channels=4)
+CLIP_CONFIG = CLIPVisionConfig(hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=1,
+                               num_attention_heads=2, patch_size=32)
+FILES = ("unet_step", "vae_decoder", "vae_encoder", "clip_image_encoder")
+
+
+def random_tensors(shapes: dict, seed: int) -> dict:
+    """Every parameter random (as tests/oracle.py does for torch models): a mis-exported parameter cannot
+    hide behind a default 0, 1 or 0.5."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in shapes.items():
+        if len(shape) >= 2:
+            w = rng.standard_normal(shape) / np.sqrt(math.prod(shape[1:]))
+        elif name.endswith("mix_factor"):
+            w = rng.standard_normal(shape)
+        elif "norm" in name and name.endswith("weight"):
+            w = 1.0 + 0.2 * rng.standard_normal(shape)
+        else:
+            w = 0.2 * rng.standard_normal(shape)
+        out[name] = w.astype(np.float32)
+    return out
+
+
+# ---- fixtures: a pipeline folder with random models, exported once through the command line ---------------
+@pytest.fixture(scope="module")
+def models():
+    base = unet_from_tensors(random_tensors(expected_parameters(UNET_CONFIG), 0), UNET_CONFIG)
+    unet = add_funnels(base, 0.5, init="he")  # random funnels: merging at export has real work to do
+    vae = vae_from_tensors(random_tensors(expected_from_module(abstract_vae(VAE_CONFIG)), 1), VAE_CONFIG)
+    clip = image_encoder_from_tensors(random_tensors(expected_from_module(abstract_image_encoder(CLIP_CONFIG)), 2),
+                                      CLIP_CONFIG)
+    return unet, vae, clip
+
+
+@pytest.fixture(scope="module")
+def pipeline_folder(models, tmp_path_factory):
+    unet, vae, clip = models
+    folder = tmp_path_factory.mktemp("svd_like")
+    (folder / "unet").mkdir()
+    write_safetensors(folder / "unet" / WEIGHTS_NAME, unet_to_tensors(unet))
+    (folder / "unet" / "config.json").write_text(json.dumps({"_class_name": DIFFUSERS_CLASS,
+                                                             **unet.config.to_dict()}))
+    save_vae_diffusers(vae, folder / "vae")
+    save_image_encoder(clip, folder / "image_encoder")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(pipeline_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tflite")
+    status = export_main(["--checkpoint", str(pipeline_folder), "--out", str(out), "--frames", str(FRAMES),
+                          "--height", str(HEIGHT), "--width", str(WIDTH), "--precision", "fp32,fp16"])
+    return status, out, json.loads((out / "report.json").read_text())
+
+
+def _inputs(seed):
+    rng = np.random.default_rng(seed)
+    return dict(noise=rng.standard_normal((1, FRAMES, 8, 16, 4)).astype(np.float32),
+                cond_latent=rng.standard_normal((1, 8, 16, 4)).astype(np.float32),
+                image_embeds=rng.standard_normal((1, 32)).astype(np.float32),
+                added_time_ids=np.array([[6.0, 127.0, 0.02]], np.float32),
+                latents=rng.standard_normal((1, FRAMES, 8, 16, 4)).astype(np.float32),
+                image=rng.uniform(-1, 1, (1, HEIGHT, WIDTH, 3)).astype(np.float32))
+
+
+# ---- the exported models -----------------------------------------------------------------------------------
+def test_cli_exports_every_component_verified(exported):
+    status, out, report = exported
+    assert status == 0
+    assert [(m["component"], m["precision"]) for m in report["models"]] == [
+        (name, p) for name in FILES for p in ("fp32", "fp16")]
+    for m in report["models"]:
+        assert m["error"] is None and m["rel_l2"]
+        assert max(m["rel_l2"].values()) <= {"fp32": 1e-4, "fp16": 5e-3}[m["precision"]], m
+        assert Path(m["path"]).is_file()
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{n}_{p}.tflite" for n in FILES for p in ("fp32", "fp16")] + ["report.json"])  # no partial files
+    assert report["components"]["unet_step"]["inputs"][0] == dict(
+        name="noise", shape=[1, FRAMES, 8, 16, 4], dtype="float32", doc="unit Gaussian noise")
+
+
+@pytest.fixture(scope="module")
+def references(models):
+    """JAX outputs for `_inputs(7)` computed without the export code: the repo's one-step sampler on the UNet
+    as trained (funnels unmerged, σ not folded) and the pipeline's VAE and CLIP calls."""
+    unet, vae, clip = models
+    x = _inputs(7)
+    cond = jnp.repeat(jnp.asarray(x["cond_latent"])[:, None], FRAMES, axis=1)
+    x0 = jax.jit(lambda n, c, e, i: samplers.single_step_sample(lambda *a: unet(*a), n, c, e[:, None], i))(
+        x["noise"], cond, x["image_embeds"], x["added_time_ids"])
+    z = x["latents"][0] / VAE_CONFIG.scaling_factor  # the pipeline's decode: unscale, decode, to [0, 1]
+    frames = jax.jit(lambda z: jnp.clip(vae.decode(z, FRAMES) / 2 + 0.5, 0, 1))(z)
+    latent = jax.jit(vae.encode_mode)(x["image"])
+    embeds = jax.jit(lambda im: clip(preprocess_for_clip(im)))(x["image"])
+    return x, dict(unet_step=x0, vae_decoder=frames[None], vae_encoder=latent, clip_image_encoder=embeds)
+
+
+@pytest.mark.parametrize("precision,tolerance", [("fp32", 1e-4), ("fp16", 5e-3)])
+def test_exports_equal_jax_computed_without_the_export_code(exported, references, precision, tolerance):
+    x, want = references
+    feeds = dict(unet_step=("noise", "cond_latent", "image_embeds", "added_time_ids"), vae_decoder=("latents",),
+                 vae_encoder=("image",), clip_image_encoder=("image",))
+    for name, keys in feeds.items():
+        got = verify.run_litert(exported[1] / f"{name}_{precision}.tflite", {k: x[k] for k in keys})
+        assert verify.rel_l2(next(iter(got.values())), want[name]) <= tolerance, name
+
+
+def test_op_census_is_builtins_only_and_fp16_halves_the_file(exported):
+    out = exported[1]
+    for name in FILES:
+        census = verify.op_census(out / f"{name}_fp32.tflite")
+        assert census and verify.non_builtin_ops(census) == []
+        assert all(op.isupper() for op in census)
+        fp32, fp16 = ((out / f"{name}_{p}.tflite").stat().st_size for p in ("fp32", "fp16"))
+        # weights halve; the graph itself (a few hundred kB at this size) does not
+        assert 0.4 < fp16 / fp32 < 0.62, (name, fp16 / fp32)
+    fp16_census = verify.op_census(out / "unet_step_fp16.tflite")
+    assert fp16_census["DEQUANTIZE"] > 0 and verify.non_builtin_ops(fp16_census) == []
+
+
+def test_exported_unet_is_the_pruned_merged_inference_form(exported):
+    """The export takes the funneled UNet and ships its merged form; pruned blocks are absent."""
+    out, report = exported[1], exported[2]
+    count = lambda config: sum(math.prod(s) for s in expected_parameters(config).values())
+    merged = dataclasses.replace(UNET_CONFIG, funnel_factor=0.5, funnels_merged=True)
+    shipped = {m["num_params"] for m in report["models"] if m["component"] == "unet_step"}
+    assert shipped == {count(merged)}
+    assert count(merged) < count(UNET_CONFIG) < count(dataclasses.replace(merged, funnels_merged=False))
+    assert count(UNET_CONFIG) < count(dataclasses.replace(UNET_CONFIG, pruned_temporal_blocks=()))
+    inputs, outputs = verify.io_names(out / "unet_step_fp16.tflite")
+    assert sorted(t for t, _ in inputs) == ["added_time_ids", "cond_latent", "image_embeds", "noise"]
+    assert all(t == s for t, s in inputs + outputs) and outputs == [("x0", "x0")]
+
+
+def test_prepare_unet_prunes_what_learned_gates_drop():
+    gated_config = dataclasses.replace(UNET_CONFIG, pruned_temporal_blocks=(), temporal_gating="sampled")
+    tensors = random_tensors(expected_parameters(gated_config), 3)
+    tensors["temporal_gates.logits"] = np.arange(12, dtype=np.float32)  # the last blocks matter most
+    gated = unet_from_tensors(tensors, gated_config)
+    with pytest.raises(UserError, match="gate"):
+        F.prepare_unet(gated)
+    pruned = F.prepare_unet(gated, gate_keep=9)
+    assert pruned.config.temporal_gating is None
+    assert pruned.config.pruned_temporal_blocks == tuple(sorted(temporal_block_names(gated_config)[:3]))
+
+
+# ---- refusals: nothing that looks like a model is left behind ----------------------------------------------
+def _tiny_function(name, body):
+    return F.ExportFunction(name, lambda params, x: {"y": body(x)}, [], (F.Input("x", (1, 8, 8)),), ("y",),
+                            lambda rng: dict(x=rng.standard_normal((1, 8, 8)).astype(np.float32)))
+
+
+def test_a_graph_without_builtins_fails_and_leaves_no_file(tmp_path):
+    f = _tiny_function("fft_model", lambda x: jnp.abs(jnp.fft.fft(x)))
+    (tmp_path / "fft_model_fp32.tflite").write_bytes(b"stale model from an earlier export")
+    with pytest.raises(ExportError, match="converter refused") as e:
+        export_component(f, "fp32", tmp_path)
+    assert "fft" in str(e.value) and e.value.report.error
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_flex_op_in_the_flatbuffer_is_refused(tmp_path):
+    """Even when a converter hands over a model with a TensorFlow (Flex) kernel in it."""
+    def flex_converter(f, precision):
+        fn = tf.function(lambda x: {"y": tf.linalg.det(x)}, input_signature=[tf.TensorSpec((1, 8, 8), tf.float32)])
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+        return converter.convert()
+
+    f = _tiny_function("det_model", lambda x: jnp.linalg.det(x))
+    with pytest.raises(ExportError, match="FlexMatrixDeterminant"):
+        export_component(f, "fp32", tmp_path, converter=flex_converter)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_of_tolerance_numerics_are_refused(models, tmp_path):
+    f = F.clip_image_encoder(models[2], height=HEIGHT, width=WIDTH)
+    with pytest.raises(ExportError, match="tolerance") as e:
+        export_component(f, "fp16", tmp_path, tolerance=1e-7)  # fp16 weights cannot get this close
+    assert 0 < e.value.report.worst < 5e-3 and e.value.report.census
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_exits_nonzero_and_writes_no_model_when_verification_fails(pipeline_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(verify.TOLERANCES, "fp16", 1e-7)
+    status = export_main(["--checkpoint", str(pipeline_folder), "--out", str(tmp_path), "--components", "clip",
+                          "--precision", "fp32,fp16", "--frames", str(FRAMES), "--height", str(HEIGHT),
+                          "--width", str(WIDTH)])
+    assert status == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip_image_encoder_fp32.tflite", "report.json"]
+    assert "FAILED" in capsys.readouterr().out
+
+
+def test_cli_user_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        export_main(["--out", str(tmp_path)])
+    assert e.value.code == 2 and "name the model" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        export_main(["--unet", str(tmp_path / "missing"), "--out", str(tmp_path), "--frames", "4", "--height", "16",
+                     "--width", "32", "--components", "unet"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        export_main(["--unet", str(tmp_path), "--out", str(tmp_path), "--precision", "bf16"])
+    assert e.value.code == 2 and "fp32" in capsys.readouterr().err
+
+
+# ---- AI Hub: the orchestration against a stand-in with qai_hub's call signatures -----------------------------
+class FakeStatus:
+    def __init__(self, ok, message=None):
+        self.success, self.failure, self.message = ok, not ok, message
+        self.code = "SUCCESS" if ok else "FAILED"
+
+
+class FakeJob:
+    """Runs the uploaded model with LiteRT on this machine, as the phone would."""
+
+    def __init__(self, hub, model, inputs, ok=True):
+        self.hub, self.model, self.inputs, self.ok = hub, model, inputs, ok
+        self.url = "https://app.aihub.qualcomm.com/jobs/jfake/"
+
+    def wait(self, timeout: "int | None" = None):
+        return FakeStatus(self.ok, None if self.ok else "device lost")
+
+    def download_output_data(self, filename: "str | None" = None):
+        outputs = verify.run_litert(self.model, {k: v[0] for k, v in self.inputs.items()})
+        return {k: [v] for k, v in outputs.items()}
+
+    def download_profile(self, filename: "str | None" = None):
+        return {"execution_summary": {"estimated_inference_time": 12345},
+                "execution_detail": [{"name": "a", "type": "CONV_2D", "compute_unit": "NPU"}] * 7
+                + [{"name": "b", "type": "TANH", "compute_unit": "CPU"}]}
+
+
+class FakeHub:
+    """qai_hub's module-level functions with their real signatures (checked below)."""
+
+    class Error(Exception):
+        pass
+
+    class UserError(Error):
+        pass
+
+    @dataclasses.dataclass
+    class Device:
+        name: str = ""
+        os: str = ""
+        attributes: "str | list[str]" = dataclasses.field(default_factory=list)
+
+    def __init__(self, job_ok=True, offline=False):
+        self.job_ok, self.offline, self.calls = job_ok, offline, []
+
+    def upload_model(self, model, name=None, project=None):
+        if self.offline:
+            import requests
+
+            raise requests.exceptions.ConnectionError("Max retries exceeded with url: /api/v1/models/")
+        self.calls.append(("upload_model", model, name))
+        return model
+
+    def submit_inference_job(self, model, device, inputs=None, name=None, options="", retry=True, profile=True,
+                             project=None):
+        self.calls.append(("submit_inference_job", device.name, list(inputs), profile))
+        return FakeJob(self, model, inputs, self.job_ok)
+
+    def submit_profile_job(self, model, device, name=None, options="", retry=True, project=None):
+        return FakeJob(self, model, None, self.job_ok)
+
+
+def _parameters(fn):
+    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values() if p.name != "self"]
+
+
+def test_the_stand_in_has_qai_hubs_call_signatures():
+    qai_hub = pytest.importorskip("qai_hub")
+    fake = FakeHub()
+    for name in ("upload_model", "submit_inference_job", "submit_profile_job"):
+        assert _parameters(getattr(fake, name)) == _parameters(getattr(qai_hub, name)), name
+    assert [n for n, *_ in _parameters(FakeHub.Device)] == [n for n, *_ in _parameters(qai_hub.Device)]
+    for method in ("wait", "download_output_data", "download_profile"):
+        assert _parameters(getattr(FakeJob, method)) == _parameters(getattr(qai_hub.client.InferenceJob, method))
+    assert issubclass(qai_hub.client.UserError, qai_hub.Error)
+
+
+def test_run_on_device_uploads_runs_profiles_and_compares(models, exported):
+    path = exported[1] / "clip_image_encoder_fp32.tflite"
+    f = F.clip_image_encoder(models[2], height=HEIGHT, width=WIDTH)
+    hub = FakeHub()
+    result = ai_hub.run_on_device(path, f, "fp32", "Samsung Galaxy S24", hub=hub)
+    assert result.rel_l2["image_embeds"] <= 1e-4 and result.latency_ms == pytest.approx(12.345)
+    assert result.compute_units == {"NPU": 7, "GPU": 0, "CPU": 1}
+    upload, submit = hub.calls
+    assert upload == ("upload_model", str(path), "clip_image_encoder_fp32")
+    model_order = [t for t, _ in verify.io_names(path)[0]]
+    assert submit == ("submit_inference_job", "Samsung Galaxy S24", model_order, True)
+    assert "Samsung Galaxy S24" in result.line() and "NPU 7" in result.line()
+
+
+def test_run_on_device_failures_and_the_models_input_order(models, exported):
+    path = exported[1] / "unet_step_fp16.tflite"
+    f = F.unet_step(F.prepare_unet(models[0]), frames=FRAMES, latent_height=8, latent_width=16)
+    hub = FakeHub(job_ok=False)
+    with pytest.raises(ExportError, match="did not succeed"):
+        ai_hub.run_on_device(path, f, "fp16", "Samsung Galaxy S24", hub=hub)
+    # AI Hub matches a dataset to the model's inputs by order: the flatbuffer's, not the declaration's
+    model_order = [t for t, _ in verify.io_names(path)[0]]
+    assert hub.calls[1][2] == model_order and sorted(model_order) == sorted(i.name for i in f.inputs)
+    with pytest.raises(ai_hub.HubUnavailable, match="ConnectionError"):
+        ai_hub.run_on_device(path, f, "fp16", "Samsung Galaxy S24", hub=FakeHub(offline=True))
+
+
+def test_without_credentials_one_line_and_the_local_export_stands(pipeline_folder, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("qai_hub")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    out = tmp_path / "out"
+    status = export_main(["--checkpoint", str(pipeline_folder), "--out", str(out), "--components", "clip",
+                          "--precision", "fp32", "--frames", str(FRAMES), "--height", str(HEIGHT),
+                          "--width", str(WIDTH), "--ai-hub-device", "Samsung Galaxy S24"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 3
+    assert len(err) == 1 and "client.ini" in err[0] and "stands" in err[0]
+    assert (out / "clip_image_encoder_fp32.tflite").is_file()
