@@ -65,9 +65,8 @@ from flax import nnx
 
 from mvd_jax.diffusion import edm
 from mvd_jax.errors import UserError
-from mvd_jax.models import multiscale as ms
 from mvd_jax.models.layers import Conv, GroupNorm, Linear, TimestepEmbedding, timestep_embedding
-from mvd_jax.models.unet import SpatioTemporalUNet
+from mvd_jax.models.unet import SpatioTemporalUNet, block_inputs, leave_top_level
 from mvd_jax.models.unet_config import UNetConfig
 
 # Parameter filters: the trainable heads and the frozen backbone.
@@ -177,47 +176,25 @@ class UNetEncoder(nnx.Module):
         """sample (B, T, H, W, in_channels) exactly as the UNet takes it; timestep = c_noise, (B,) or scalar."""
         b, t, h, w, cin = sample.shape
         c = self.config
-        if cin != c.in_channels:
-            raise ValueError(f"sample has {cin} channels, the UNet encoder expects {c.in_channels}")
-        if added_time_ids.shape != (b, c.num_added_time_ids):
-            raise ValueError(f"added_time_ids must be ({b}, {c.num_added_time_ids}), got {added_time_ids.shape}")
-        dtype = sample.dtype
-
-        timesteps = jnp.broadcast_to(jnp.asarray(timestep, jnp.float32).reshape(-1), (b,))
-        emb = self.time_embedding(timestep_embedding(timesteps, c.block_out_channels[0]).astype(dtype))
-        time_embeds = timestep_embedding(added_time_ids.reshape(-1), c.addition_time_embed_dim).reshape(b, -1)
-        emb = emb + self.add_embedding(time_embeds.astype(dtype))
-        context = encoder_hidden_states.astype(dtype)
-        if image_only_indicator is None:
-            image_only_indicator = jnp.zeros((b, t), dtype)
-
-        def per_frame(frames, iio, positions):
-            return dict(temb=jnp.repeat(emb, frames, axis=0), context=jnp.repeat(context, frames, axis=0),
-                        iio=iio, positions=positions, frames=frames)
-
-        top = per_frame(t, image_only_indicator, None)
-        low = top
-        if c.temporal_multiscale:
-            low = per_frame(ms.reduced_frames(t), ms.halve_indicator(image_only_indicator), ms.halved_positions(t))
+        top, low = block_inputs(c, self.time_embedding, self.add_embedding, sample, timestep, encoder_hidden_states,
+                                added_time_ids, image_only_indicator)
         multiscale = c.temporal_multiscale or c.spatial_multiscale
 
         def feature(name, x, f):
-            pos = jnp.arange(f["frames"]) if f["positions"] is None else f["positions"]
+            pos = jnp.arange(f["frames"]) if f["frame_positions"] is None else f["frame_positions"]
             return Feature(name, x, f["frames"], pos)
 
         x = self.conv_in(sample.reshape(b * t, h, w, cin))
         features = []
         for i, block in enumerate(self.down_blocks):
             f = top if i == 0 else low
-            x, _ = self._block(block, x, f["temb"], f["iio"], f["context"], f["positions"], None)
+            x, _ = self._block(block, x, f["temb"], f["image_only_indicator"], f["context"], f["frame_positions"], None)
             features.append(feature(f"down_blocks.{i}", x, f))
-            if i == 0 and multiscale:  # the UNet's hand-over to the lower levels (models/multiscale.py)
-                if c.temporal_multiscale:
-                    x = ms.halve_frames(x, b, t)
-                if c.spatial_multiscale:
-                    x = ms.halve_space(x)
+            if i == 0 and multiscale:  # the UNet's hand-over to the lower levels
+                x = leave_top_level(c, x, b, t)
         if self.mid_block is not None:
-            x = self._block(self.mid_block, x, low["temb"], low["iio"], low["context"], low["positions"], None)
+            x = self._block(self.mid_block, x, low["temb"], low["image_only_indicator"], low["context"],
+                            low["frame_positions"], None)
             features.append(feature("mid_block", x, low))
         return features
 

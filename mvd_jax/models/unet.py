@@ -109,31 +109,8 @@ class SpatioTemporalUNet(nnx.Module):
                  temporal_gates=None):
         b, t, h, w, cin = sample.shape
         c = self.config
-        if cin != c.in_channels:
-            raise ValueError(f"sample has {cin} channels, the UNet expects {c.in_channels} (channels-last input)")
-        if added_time_ids.shape != (b, c.num_added_time_ids):
-            raise ValueError(f"added_time_ids must be ({b}, {c.num_added_time_ids}), got {added_time_ids.shape}")
-        dtype = sample.dtype
-
-        # Time embedding of the noise level plus the embedding of the added time ids (fps, motion, aug).
-        timesteps = jnp.broadcast_to(jnp.asarray(timestep, jnp.float32).reshape(-1), (b,))
-        emb = self.time_embedding(timestep_embedding(timesteps, c.block_out_channels[0]).astype(dtype))
-        time_embeds = timestep_embedding(added_time_ids.reshape(-1), c.addition_time_embed_dim).reshape(b, -1)
-        emb = emb + self.add_embedding(time_embeds.astype(dtype))
-        encoder_hidden_states = encoder_hidden_states.astype(dtype)
-        if image_only_indicator is None:
-            image_only_indicator = jnp.zeros((b, t), dtype)
-
-        # Per-frame inputs of the blocks at full frame rate ("top") and below the top level ("low"):
-        # embedding and context are per clip, copied for every frame the blocks see.
-        def per_frame(frames, iio, positions):
-            return dict(temb=jnp.repeat(emb, frames, axis=0), context=jnp.repeat(encoder_hidden_states, frames, axis=0),
-                        image_only_indicator=iio, frame_positions=positions)
-
-        top = per_frame(t, image_only_indicator, None)
-        low = top
-        if c.temporal_multiscale:
-            low = per_frame(ms.reduced_frames(t), ms.halve_indicator(image_only_indicator), ms.halved_positions(t))
+        top, low = block_inputs(c, self.time_embedding, self.add_embedding, sample, timestep, encoder_hidden_states,
+                                added_time_ids, image_only_indicator)
         multiscale = c.temporal_multiscale or c.spatial_multiscale
 
         x = self.conv_in(sample.reshape(b * t, h, w, cin))
@@ -143,10 +120,7 @@ class SpatioTemporalUNet(nnx.Module):
             x, block_skips = self._block(block, x, f["temb"], f["image_only_indicator"], f["context"],
                                          f["frame_positions"], temporal_gates)
             if i == 0 and multiscale:  # leave the top level: fewer frames and/or a smaller map below it
-                if c.temporal_multiscale:
-                    x = ms.halve_frames(x, b, t)
-                if c.spatial_multiscale:
-                    x = ms.halve_space(x)
+                x = leave_top_level(c, x, b, t)
                 block_skips[-1] = x  # the downsampler's output is consumed at the lower level
             skips.extend(block_skips)
 
@@ -168,3 +142,47 @@ class SpatioTemporalUNet(nnx.Module):
 
         x = self.conv_out(jax.nn.silu(self.conv_norm_out(x)))
         return x.reshape(b, t, h, w, -1)
+
+
+def block_inputs(c: UNetConfig, time_embedding, add_embedding, sample, timestep, encoder_hidden_states,
+                 added_time_ids, image_only_indicator):
+    """Checks the UNet's inputs and returns the blocks' per-frame inputs at full frame rate ("top") and
+    below the top level ("low"; fewer frames under temporal multiscaling): dicts with the time embedding
+    and context copied for every frame, the image-only indicator, the frames' positions (None: 0…T−1)
+    and the frame count. Shared by the UNet and the discriminator's encoder (models/discriminator.py)."""
+    b, t, h, w, cin = sample.shape
+    if cin != c.in_channels:
+        raise ValueError(f"sample has {cin} channels, the UNet expects {c.in_channels} (channels-last input)")
+    if added_time_ids.shape != (b, c.num_added_time_ids):
+        raise ValueError(f"added_time_ids must be ({b}, {c.num_added_time_ids}), got {added_time_ids.shape}")
+    dtype = sample.dtype
+
+    # Time embedding of the noise level plus the embedding of the added time ids (fps, motion, aug).
+    timesteps = jnp.broadcast_to(jnp.asarray(timestep, jnp.float32).reshape(-1), (b,))
+    emb = time_embedding(timestep_embedding(timesteps, c.block_out_channels[0]).astype(dtype))
+    time_embeds = timestep_embedding(added_time_ids.reshape(-1), c.addition_time_embed_dim).reshape(b, -1)
+    emb = emb + add_embedding(time_embeds.astype(dtype))
+    context = encoder_hidden_states.astype(dtype)
+    if image_only_indicator is None:
+        image_only_indicator = jnp.zeros((b, t), dtype)
+
+    # embedding and context are per clip, copied for every frame the blocks see
+    def per_frame(frames, iio, positions):
+        return dict(temb=jnp.repeat(emb, frames, axis=0), context=jnp.repeat(context, frames, axis=0),
+                    image_only_indicator=iio, frame_positions=positions, frames=frames)
+
+    top = per_frame(t, image_only_indicator, None)
+    low = top
+    if c.temporal_multiscale:
+        low = per_frame(ms.reduced_frames(t), ms.halve_indicator(image_only_indicator), ms.halved_positions(t))
+    return top, low
+
+
+def leave_top_level(c: UNetConfig, x, b: int, t: int):
+    """The multiscale hand-over after the first down block (models/multiscale.py): fewer frames and/or a
+    smaller map below the top level."""
+    if c.temporal_multiscale:
+        x = ms.halve_frames(x, b, t)
+    if c.spatial_multiscale:
+        x = ms.halve_space(x)
+    return x
