@@ -132,6 +132,8 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
     again = cli(env, killed)
     assert "resumed from step" in again.stdout
     reference = logged(tmp_path / "reference")
+    last = read_metrics(tmp_path / "reference")[-1]  # interval means of the swinging per-step values
+    assert 0.0 <= last["d_accuracy_avg"] <= 1.0 and {"loss_avg", "d_loss_avg", "g_adversarial_avg"} <= set(last)
     for step, values in logged(killed).items():
         assert values == reference[step], step
     _, a = restore_params(tmp_path / "reference")

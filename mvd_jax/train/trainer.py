@@ -343,7 +343,7 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
         bar = tqdm(total=t.steps, initial=start, desc="training", unit="step", disable=not is_main,
                    mininterval=1.0, file=sys.stderr)
         t_last, steps_since = time.perf_counter(), 0
-        window = []  # per-step losses since the last log (device scalars: no host sync per step)
+        window = {}  # per-step values since the last log (device scalars: no host sync per step)
         for step in range(start, t.steps):
             batch = _next_batch(data_iter, mesh, programs, enc_state, step, cached)
             if sample_batch is None:
@@ -352,7 +352,9 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
                 step_fn, flops_per_device = _compile_step(programs.train_step, state, frozen, batch, mesh, workdir,
                                                           is_main, log)
             state, metrics = step_fn(state, frozen, batch)
-            window.append(metrics["loss"])
+            for k in AVERAGED_METRICS:
+                if k in metrics:
+                    window.setdefault(k, []).append(metrics[k])
             steps_since += 1
             done = step + 1
             if not bool(metrics["finite"]):
@@ -367,8 +369,8 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
                 rate = steps_since / elapsed if elapsed > 0 else float("nan")
                 last = {k: float(v) for k, v in metrics.items()}
                 # one step's loss swings with its random σ; the interval mean shows the trend
-                last["loss_avg"] = float(np.mean([float(x) for x in window]))
-                window = []
+                last.update({f"{k}_avg": float(np.mean([float(x) for x in v])) for k, v in window.items()})
+                window = {}
                 last.update(steps_per_s=rate, examples_per_s=rate * t.batch_size, skipped=int(state["skipped"]))
                 if flops_per_device:
                     last["tflops_per_device"] = flops_per_device * rate / 1e12
@@ -396,6 +398,11 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
         writer.close()
         manager.close()
     return TrainResult(last, state, frozen)
+
+
+# Logged as "<name>_avg" too: the mean over the steps since the last log. One step's values swing with
+# its random σ (and, for the discriminator's accuracy, with a batch of a few clips).
+AVERAGED_METRICS = ("loss", "d_loss", "d_accuracy", "g_adversarial", "reconstruction")
 
 
 def _next_batch(data_iter, mesh, programs, enc_state, step, cached):
