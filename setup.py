@@ -42,7 +42,14 @@ TEST = [
 ]
 
 EXPORT = [
-    # Filled in by the export issue (tensorflow-cpu, ai-edge-litert, qai-hub).
+    # jax2tf's StableHLO → TFLite builtins (python -m export.tflite; export/README.md)
+    "tensorflow-cpu==2.21.0",
+    # LiteRT: runs the exported models for verification; its flatbuffer schema gives the op census
+    "ai-edge-litert==2.3.0",
+    # Qualcomm AI Hub client. It requires protobuf<=6.31.1 (TF 2.21: >=6.31.1,<8), so an environment with
+    # this extra has protobuf 6.31.1 where the core one resolves 7.x: grain's generated protos then warn on
+    # import. Kept in its own virtual environment (export/README.md).
+    "qai-hub==0.56.0",
 ]
 
 setup(

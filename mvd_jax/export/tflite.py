@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 
 from mvd_jax.export import ExportError
@@ -30,6 +31,7 @@ from mvd_jax.export.verify import Report, install_verified
 
 PRECISIONS = ("fp32", "fp16", "int8")
 TFLITE_2GB = 2**31 - 1
+LARGE_MODEL_BYTES = 3 * 2**29  # 1.5 GiB of weights: beyond it, weights go after the flatbuffer (see convert)
 
 
 def _tf():
@@ -57,15 +59,29 @@ def concrete_function(f: ExportFunction):
     return module, serve.get_concrete_function()
 
 
-def convert(f: ExportFunction, precision: str, *, traced=None, representative_seeds=range(1, 9)) -> bytes:
+def weight_bytes(f: ExportFunction, precision: str) -> int:
+    return f.num_params * {"fp32": 4, "fp16": 2, "int8": 1}[precision]
+
+
+def convert(f: ExportFunction, precision: str, *, traced=None, representative_seeds=range(1, 9),
+            buffer_offsets: bool | None = None) -> bytes:
     """The `.tflite` bytes of `f` at `precision` ("fp32", "fp16" or "int8"). `traced` reuses the result
-    of `concrete_function(f)` across precisions."""
+    of `concrete_function(f)` across precisions.
+
+    `buffer_offsets` (default: when the weights pass LARGE_MODEL_BYTES) stores the weights after the
+    flatbuffer instead of inside it — the only way past the 2 GB flatbuffer limit (an SVD-size UNet is
+    6 GB in fp32), read by LiteRT 2.3. The converter then also skips its Python-side re-serialisations
+    (buffer de-duplication, metadata), which lowers its peak memory (export/README.md).
+    """
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     tf = _tf()
     module, fn = traced or concrete_function(f)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], module)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if buffer_offsets is None:
+        buffer_offsets = weight_bytes(f, precision) > LARGE_MODEL_BYTES
+    converter._experimental_use_buffer_offset = bool(buffer_offsets)  # TF 2.21 has no public switch for it
     if precision == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -74,7 +90,9 @@ def convert(f: ExportFunction, precision: str, *, traced=None, representative_se
         converter.representative_dataset = lambda: (f.sample_inputs(s) for s in representative_seeds)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     try:
-        model = converter.convert()
+        with warnings.catch_warnings():  # int8 calibration runs TF's own (deprecated) interpreter
+            warnings.filterwarnings("ignore", message=r"[\s\S]*tf.lite.Interpreter is deprecated")
+            model = converter.convert()
     except Exception as e:  # ConverterError and friends: the graph cannot be expressed in builtins
         lines = [line.strip() for line in str(e).splitlines() if "error:" in line] or str(e).splitlines()[:1]
         detail = "".join("\n  " + line.split("error:", 1)[-1].strip() for line in dict.fromkeys(lines))

@@ -120,12 +120,14 @@ def run_litert(model_path, inputs: dict[str, np.ndarray], *, timeout_s: float = 
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            raise ExportError(f"LiteRT did not finish {Path(model_path).name} within {timeout_s:.0f} s") from None
+            raise ExportError(f"LiteRT did not finish {Path(model_path).name.removeprefix('.').removesuffix('.partial')} "
+                              f"within {timeout_s:.0f} s") from None
         if proc.returncode != 0:
             rc = proc.returncode
             how = f"was killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with status {rc}"
             tail = [line for line in proc.stderr.splitlines() if line.strip()][-8:]
-            raise ExportError(f"LiteRT {how} running {Path(model_path).name}" + "".join("\n  " + t for t in tail))
+            name = Path(model_path).name.removeprefix(".").removesuffix(".partial")
+            raise ExportError(f"LiteRT {how} running {name}" + "".join("\n  " + t for t in tail))
         with np.load(dst) as out:
             return {k: out[k] for k in out.files}
 
