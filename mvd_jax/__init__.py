@@ -1,2 +1,10 @@
 """mvd_jax: Mobile Video Diffusion (MobileVD, arXiv 2412.07583) in JAX/Flax NNX."""
+import warnings
+
 __version__ = "0.1.0"
+
+# With the [export] extra, qai-hub holds protobuf at 6.31.1, one major version above the 5.x gencode of
+# grain's protos; protobuf then warns on every import of grain (harmless: the runtime reads older gencode).
+# Silenced by its exact text so that CLI output stays clean; any other protobuf warning still shows.
+warnings.filterwarnings("ignore", message=r"Protobuf gencode version 5\.\d+\.\d+ is exactly one major version older",
+                        category=UserWarning)
