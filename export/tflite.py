@@ -3,7 +3,7 @@ optionally run and profiled on a phone through Qualcomm AI Hub.
 
     python -m export.tflite --run RUN_DIR --out DIR [--precision fp32,fp16]
         [--components unet,vae_decoder,vae_encoder,clip] [--frames T --height H --width W]
-        [--decode-chunk N] [--ai-hub-device "Samsung Galaxy S24"]
+        [--decode-chunk N] [--no-real-inputs] [--ai-hub-device "Samsung Galaxy S24"]
     python -m export.tflite --unet RUN_DIR|UNET_DIR [--checkpoint SVD_DIR] --out DIR --frames 14 --height 512 --width 256
 
 Sources. `--run`: a trainer run directory — its latest checkpoint's EMA UNet, and the VAE + CLIP its config
@@ -15,8 +15,17 @@ The UNet is exported in inference form: funnels merged into the weights, tempora
 config (never built) or by the run's learned gates (removed), the single EDM step folded in
 (mvd_jax/export/functions.py). Every `.tflite` is written only after LiteRT reproduced JAX within the
 precision's tolerance and its op census held builtins only (mvd_jax/export/verify.py); the table and
-OUT/report.json record the numbers. Exit status: 0 all verified; 1 an export failed (no model written
-for it); 2 bad arguments; 3 the local export stands but AI Hub could not be used or its job failed.
+OUT/report.json record the numbers.
+
+Verification inputs: random ones (each function's sampler, `--seed`) and, when the source is a run
+directory (`--run`, or `--unet RUN_DIR`), real ones too: ONE clip of the run's data (its config's
+data.videos, or the videos its latent cache was made from), centre crop at the export's size, the first
+clip of a `--seed` shuffle, encoded with the exported (else the run's) VAE and CLIP as training encodes it
+(functions.clip_real_inputs). If the data cannot be read, one line on stderr says the real-input check was
+skipped and why, and the export goes on with random inputs only; `--no-real-inputs` skips it deliberately.
+
+Exit status: 0 all verified; 1 an export failed (no model written for it); 2 bad arguments; 3 the local
+export stands but AI Hub could not be used or its job failed.
 """
 from __future__ import annotations
 
@@ -125,6 +134,65 @@ def geometry(args, s: Sources) -> dict:
                 latent_width=width // factor, decode_chunk=chunk)
 
 
+def run_data_entries(cfg):
+    """The video entries of a run's data: data.videos, or for a run trained on a latent cache the videos the
+    cache was made from (its cache_config.json)."""
+    from mvd_jax.data.manifest import VideoEntry, read_entries
+
+    cache = cfg.data.get("cache", "")
+    if cache:
+        from mvd_jax.data.cache import CONFIG_FILE
+
+        path = Path(cache) / CONFIG_FILE
+        if not path.is_file():
+            raise UserError(f"the run's latent cache {cache} has no {CONFIG_FILE}")
+        return [VideoEntry(v) for v in json.loads(path.read_text())["videos"]]
+    return read_entries(cfg.data.videos)
+
+
+def read_real_clip(cfg, g: dict, seed: int) -> dict:
+    """ONE clip of the run's data at the export's size (a VideoClipLoader batch of 1): centre crop, the first
+    usable video of a `seed` shuffle, at the run's clip frame rate."""
+    from mvd_jax.data.clips import ClipSpec
+    from mvd_jax.data.loader import LoaderOptions, VideoClipLoader
+
+    d = cfg.data
+    spec = ClipSpec(num_frames=g["frames"], height=g["height"], width=g["width"], fps=d.get("fps") or None,
+                    crop="center", default_motion_bucket_id=int(d.get("motion_bucket_id", 127)))
+    loader = VideoClipLoader(run_data_entries(cfg), spec, LoaderOptions(
+        batch_size=1, seed=seed, num_epochs=1, num_workers=0, read_ahead=0, process_index=0, process_count=1))
+    try:
+        return next(iter(loader))
+    except StopIteration:
+        raise UserError(f"no video of the run's data gives a {g['frames']}-frame clip "
+                        f"({loader.skips.summary()})") from None
+
+
+def real_inputs(s: Sources, g: dict, seed: int):
+    """({function name: real inputs}, what report.json records about them) for a run-directory source;
+    (None, {"skipped": why}) with one line on stderr when the run's data cannot be read or encoded."""
+    from mvd_jax.export.functions import clip_real_inputs
+
+    try:
+        clip = read_real_clip(s.run_config, g, seed)
+        if s.vae is not None and s.clip is not None:
+            vae, image_encoder = s.vae, s.clip
+        else:  # the UNet alone is exported: the run's own encoders make its conditioning
+            from mvd_jax.train.trainer import build_autoencoder
+
+            vae, image_encoder = build_autoencoder(s.run_config)
+        inputs = clip_real_inputs(vae, image_encoder, clip, frames=g["frames"], decode_chunk=g["decode_chunk"],
+                                  seed=seed)
+    except (ValueError, OSError) as e:  # UserError is a ValueError
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        print(f"real-input check skipped: {reason} — verifying on random inputs only", file=sys.stderr)
+        return None, dict(skipped=reason)
+    source = dict(path=str(clip["path"][0]), start_frame=int(clip["start"][0]), frames=g["frames"],
+                  crop="center", fps=float(clip["fps"][0]), motion_bucket_id=int(clip["motion_bucket_id"][0]),
+                  seed=seed)
+    return inputs, source
+
+
 def build_functions(components, s: Sources, g: dict, sigma_max: float):
     from mvd_jax.export import functions as F
 
@@ -149,10 +217,12 @@ def build_functions(components, s: Sources, g: dict, sigma_max: float):
 def format_table(reports) -> str:
     from mvd_jax.export.verify import format_census
 
-    rows = [("component", "precision", "params", "rel L2 vs JAX", "tolerance", "size", "convert", "op census", "result")]
+    rows = [("component", "precision", "params", "rel L2 random", "rel L2 real", "tolerance", "size", "convert",
+             "op census", "result")]
     for r in reports:
         rows.append((r.component, r.precision, f"{r.num_params / 1e6:.2f} M",
-                     f"{r.worst:.2e}" if r.rel_l2 else "—", f"{r.tolerance:.0e}" if r.tolerance else "—",
+                     f"{r.worst_random:.2e}" if r.rel_l2 else "—", f"{r.worst_real:.2e}" if r.rel_l2_real else "—",
+                     f"{r.tolerance:.0e}" if r.tolerance else "—",
                      f"{r.size_bytes / 2**20:.2f} MiB" if r.size_bytes else "—",
                      f"{r.convert_s:.1f} s" if r.convert_s else "—",
                      format_census(r.census) if r.census else "—",
@@ -177,7 +247,9 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=int, default=None, help="video width in pixels")
     p.add_argument("--decode-chunk", type=int, default=None, help="frames per VAE decoder call (default: all)")
     p.add_argument("--sigma-max", type=float, default=None, help="σ of the single step (default 700, SVD's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the verification inputs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the verification inputs (random and the real clip's)")
+    p.add_argument("--no-real-inputs", action="store_true",
+                   help="verify on random inputs only (default for a run directory: also on one clip of its data)")
     p.add_argument("--ai-hub-device", default=None, help='run and profile on this AI Hub device, e.g. "Samsung Galaxy S24"')
     args = p.parse_args(argv)
 
@@ -202,8 +274,20 @@ def main(argv=None) -> int:
     print(f"loaded in {time.perf_counter() - t0:.1f} s; exporting {', '.join(components)} at "
           f"{g['frames']}×{g['height']}×{g['width']} (latents {g['latent_height']}×{g['latent_width']}) "
           f"as {', '.join(precisions)} to {out}", flush=True)
+    real, real_source = None, None
+    if sources.run_config is not None and not args.no_real_inputs:
+        t1 = time.perf_counter()
+        real, real_source = real_inputs(sources, g, args.seed)
+        if real is not None:
+            print(f"real inputs from {Path(real_source['path']).name} (frames from {real_source['start_frame']}, "
+                  f"centre crop) in {time.perf_counter() - t1:.1f} s", flush=True)
     reports, functions, specs = [], {}, {}
     for f in build_functions(components, sources, g, args.sigma_max or SIGMA_MAX):
+        if real is not None:
+            try:
+                f.set_real_inputs(real[f.name])
+            except UserError as e:
+                print(f"real-input check skipped for {f.name}: {str(e).splitlines()[0]}", file=sys.stderr)
         t1 = time.perf_counter()
         traced = concrete_function(f)
         trace_s = time.perf_counter() - t1
@@ -214,7 +298,10 @@ def main(argv=None) -> int:
                 report = e.report
             report.convert_s += trace_s / len(precisions)
             reports.append(report)
-            status = f"rel L2 {report.worst:.2e}" if report.ok else "FAILED"
+            status = "FAILED"
+            if report.ok:
+                status = f"rel L2 {report.worst_random:.2e}" + (
+                    f" (real {report.worst_real:.2e})" if report.rel_l2_real else "")
             print(f"  {f.name} {precision}: {status} ({report.convert_s:.1f} s convert, {report.verify_s:.1f} s verify)",
                   flush=True)
         functions[f.name] = f
@@ -224,7 +311,7 @@ def main(argv=None) -> int:
 
     print()
     print(format_table(reports))
-    record = dict(geometry=g, components=specs, models=[dataclasses.asdict(r) for r in reports])
+    record = dict(geometry=g, real_inputs=real_source, components=specs, models=[dataclasses.asdict(r) for r in reports])
     out.mkdir(parents=True, exist_ok=True)
     failed = [r for r in reports if not r.ok]
     status = 1 if failed else 0

@@ -1,14 +1,18 @@
 """Export to TFLite (mvd_jax/export, python -m export.tflite): a small MobileVD (collapsed cross-attention,
 temporal multiscaling, pruned temporal blocks, funnels merged at export) plus a tiny temporal VAE and CLIP
-image encoder go through the command line once; the tests then check the files against JAX computed
-independently of the export code, the op census, the refusals and the AI Hub orchestration.
+image encoder go through the command line once, from a trainer run directory (its checkpoint holds the
+UNet, its config names the VAE + CLIP folder and the demo videos, so verification also runs on one real
+clip); the tests then check the files against JAX computed independently of the export code, the op
+census, the refusals and the AI Hub orchestration.
 
 Needs the [export] extra (tensorflow-cpu, ai-edge-litert, qai-hub); skipped without it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
+import io
 import json
 import math
 import sys
@@ -108,12 +112,48 @@ def pipeline_folder(models, tmp_path_factory):
     return folder
 
 
+def run_config(unet, pipeline_folder, videos="demo"):
+    """A trainer config for the module's models: `unet`'s architecture, the folder's VAE + CLIP, `videos`."""
+    import ml_collections
+
+    from mvd_jax.train.config import resolve
+
+    return resolve(ml_collections.ConfigDict(dict(
+        model=unet.config.to_dict(), frames=FRAMES, height=HEIGHT, width=WIDTH, data=dict(videos=str(videos)),
+        autoencoder=dict(kind="svd", checkpoint=str(pipeline_folder)))))
+
+
 @pytest.fixture(scope="module")
-def exported(pipeline_folder, tmp_path_factory):
+def run_dir(models, pipeline_folder, tmp_path_factory):
+    """A trainer run directory as the trainer's checkpoint manager writes it, its EMA weights the module's
+    UNet (funnels unmerged: export merges them) — no training step, so no train-step compile."""
+    import grain
+
+    from mvd_jax.train.checkpoint import CheckpointManager
+    from mvd_jax.train.model_state import ParamCodec
+
+    unet = models[0]
+    run = tmp_path_factory.mktemp("run")
+    manager = CheckpointManager(run / "checkpoints")
+    manager.save_config(run_config(unet, pipeline_folder))
+    manager.save(1, {"ema": ParamCodec(unet).to_dict(unet)}, {}, iter(grain.MapDataset.range(1).to_iter_dataset()))
+    manager.close()
+    return run
+
+
+def _export(argv):
+    """(status, stdout, stderr) of the command line."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        status = export_main(argv)
+    return status, stdout.getvalue(), stderr.getvalue()
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("tflite")
-    status = export_main(["--checkpoint", str(pipeline_folder), "--out", str(out), "--frames", str(FRAMES),
-                          "--height", str(HEIGHT), "--width", str(WIDTH), "--precision", "fp32,fp16"])
-    return status, out, json.loads((out / "report.json").read_text())
+    status, stdout, stderr = _export(["--run", str(run_dir), "--out", str(out), "--precision", "fp32,fp16"])
+    return status, out, json.loads((out / "report.json").read_text()), stdout, stderr
 
 
 def _inputs(seed):
@@ -128,8 +168,8 @@ def _inputs(seed):
 
 # ---- the exported models -----------------------------------------------------------------------------------
 def test_cli_exports_every_component_verified(exported):
-    status, out, report = exported
-    assert status == 0
+    status, out, report, _, stderr = exported
+    assert status == 0 and "skipped" not in stderr
     assert [(m["component"], m["precision"]) for m in report["models"]] == [
         (name, p) for name in FILES for p in ("fp32", "fp16")]
     for m in report["models"]:
@@ -140,6 +180,80 @@ def test_cli_exports_every_component_verified(exported):
         [f"{n}_{p}.tflite" for n in FILES for p in ("fp32", "fp16")] + ["report.json"])  # no partial files
     assert report["components"]["unet_step"]["inputs"][0] == dict(
         name="noise", shape=[1, FRAMES, 8, 16, 4], dtype="float32", doc="unit Gaussian noise")
+
+
+def test_a_run_directory_is_also_verified_on_one_real_clip(exported):
+    """Every model of the run-directory export was checked on one clip of the run's data (the demo videos)
+    as well as on random inputs, both within the tolerance, and the table shows both."""
+    _, _, report, stdout, _ = exported
+    source = report["real_inputs"]
+    assert source["path"].endswith(".mp4") and Path(source["path"]).is_file()
+    assert source["crop"] == "center" and source["frames"] == FRAMES
+    for m in report["models"]:
+        tolerance = {"fp32": 1e-4, "fp16": 5e-3}[m["precision"]]
+        assert set(m["rel_l2_real"]) == set(m["rel_l2"]) and max(m["rel_l2_real"].values()) <= tolerance, m
+        assert m["rel_l2_real"] != m["rel_l2"]  # other inputs than the random ones
+    lines = stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("component"))
+    assert "rel L2 random" in lines[header] and "rel L2 real" in lines[header]
+    rows = [line.split() for line in lines[header + 1:header + 1 + len(report["models"])]]
+    for row, m in zip(rows, report["models"]):
+        assert row[:2] == [m["component"], m["precision"]] and row[-1] == "ok"
+        assert float(row[5]) == pytest.approx(max(m["rel_l2_real"].values()), rel=0.01)
+    assert f"real inputs from {Path(source['path']).name}" in stdout
+
+
+def test_a_run_whose_data_is_gone_exports_on_random_inputs_with_one_line(models, pipeline_folder, tmp_path):
+    run = tmp_path / "run"  # a config is all a run needs for the VAE / CLIP: no checkpoint read
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "config.json").write_text(run_config(models[0], pipeline_folder, tmp_path / "gone").to_json())
+    argv = ["--run", str(run), "--components", "clip", "--precision", "fp32"]
+    status, stdout, stderr = _export(argv + ["--out", str(tmp_path / "out")])
+    assert status == 0 and (tmp_path / "out" / "clip_image_encoder_fp32.tflite").is_file()
+    [line] = stderr.strip().splitlines()
+    assert line.startswith("real-input check skipped:") and str(tmp_path / "gone") in line
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert set(report["real_inputs"]) == {"skipped"} and report["real_inputs"]["skipped"] in line
+    [m] = report["models"]
+    assert m["rel_l2"] and m["rel_l2_real"] == {} and m["error"] is None
+    # deliberately: no data read, no line
+    status, stdout, stderr = _export(argv + ["--out", str(tmp_path / "out2"), "--no-real-inputs"])
+    assert status == 0 and stderr == ""
+    assert json.loads((tmp_path / "out2" / "report.json").read_text())["real_inputs"] is None
+
+
+def test_real_inputs_of_a_clip(models):
+    """clip_real_inputs: the clip encoded as training encodes it, in the scales the functions take."""
+    _, vae, clip = models
+    rng = np.random.default_rng(5)
+    video = rng.uniform(-1, 1, (1, FRAMES, HEIGHT, WIDTH, 3)).astype(np.float32)
+    real = F.clip_real_inputs(vae, clip, dict(video=video, fps=np.array([7.0], np.float32),
+                                              motion_bucket_id=np.array([90], np.int32)),
+                              frames=FRAMES, decode_chunk=2, seed=3)
+    u = real["unet_step"]
+    assert u["noise"].shape == (1, FRAMES, 8, 16, 4) and abs(u["noise"].std() - 1) < 0.1
+    np.testing.assert_allclose(u["added_time_ids"], [[6.0, 90.0, 0.02]])
+    want_embeds = jax.jit(lambda im: clip(preprocess_for_clip(im)))(video[:, 0])
+    np.testing.assert_allclose(u["image_embeds"], want_embeds, rtol=1e-4, atol=1e-5)
+    clean = np.asarray(jax.jit(vae.encode_mode)(video[:, 0]))
+    assert u["cond_latent"].shape == clean.shape and 0 < verify.rel_l2(u["cond_latent"], clean) < 0.2  # 0.02·ε
+    # the decoder's latents: the first chunk's, scaled as unet_step's x0 (vae_decoder divides by the factor)
+    want_latents = VAE_CONFIG.scaling_factor * np.asarray(jax.jit(vae.encode_mode)(video[0, :2]))
+    np.testing.assert_allclose(real["vae_decoder"]["latents"][0], want_latents, rtol=1e-4, atol=1e-5)
+    for name in ("vae_encoder", "clip_image_encoder"):
+        np.testing.assert_array_equal(real[name]["image"], video[:, 0])
+    f = F.vae_decoder(vae, frames=2, latent_height=8, latent_width=16)
+    f.set_real_inputs(real["vae_decoder"])
+    with pytest.raises(UserError, match="shape"):
+        F.vae_decoder(vae, frames=FRAMES, latent_height=8, latent_width=16).set_real_inputs(real["vae_decoder"])
+    with pytest.raises(UserError, match="not its inputs"):
+        f.set_real_inputs(dict(image=video[:, 0]))
+
+
+def test_the_tolerance_bounds_the_worst_of_random_and_real():
+    r = verify.Report("x", "fp32", rel_l2={"y": 1e-6}, rel_l2_real={"y": 3e-4})
+    assert r.worst == 3e-4 and r.worst_random == 1e-6 and r.worst_real == 3e-4
+    assert math.isnan(verify.Report("x", "fp32", rel_l2={"y": 1e-6}).worst_real)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,10 @@ Here it is written with the σ products folded on the host in float64:
 
 so no tensor in the graph carries σ_max·noise (≈ ±2800 at σ_max = 700): the same function, without the
 range that fp16 arithmetic on a phone GPU or an int8 quantiser would have to cover.
+
+Each function carries random inputs (`sampler`, what the converter's int8 calibration also draws from) and,
+when the export reads a training run's data, real ones (`real_inputs`, from one clip: `clip_real_inputs`);
+verification runs both (verify.py).
 """
 from __future__ import annotations
 
@@ -54,6 +58,7 @@ class ExportFunction:
     inputs: tuple[Input, ...]
     outputs: tuple[str, ...]
     sampler: Callable[[np.random.Generator], dict]  # realistic random inputs
+    real_inputs: dict | None = None  # inputs from real data (clip_real_inputs), set with set_real_inputs
     _jitted: Any = dataclasses.field(default=None, repr=False)
 
     @property
@@ -62,6 +67,25 @@ class ExportFunction:
 
     def sample_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
         return self.sampler(np.random.default_rng(seed))
+
+    def set_real_inputs(self, inputs: dict | None) -> None:
+        """Real inputs (by input name) for verification beside the random ones; None removes them. Their
+        names, shapes and dtypes must be the function's."""
+        if inputs is None:
+            self.real_inputs = None
+            return
+        if set(inputs) != {i.name for i in self.inputs}:
+            raise UserError(f"{self.name}: real inputs {sorted(inputs)} are not its inputs "
+                            f"{sorted(i.name for i in self.inputs)}")
+        real = {}
+        for i in self.inputs:
+            x = np.asarray(inputs[i.name], i.dtype)
+            if x.shape != i.shape:
+                raise UserError(f"{self.name}: real input {i.name} has shape {x.shape}, the function takes {i.shape}")
+            if not np.all(np.isfinite(x)):
+                raise UserError(f"{self.name}: real input {i.name} is not finite")
+            real[i.name] = x
+        self.real_inputs = real
 
     def reference(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The JAX outputs for `inputs` (a dict by input name), as NumPy."""
@@ -231,6 +255,40 @@ def _random_image(rng, height: int, width: int) -> np.ndarray:
            + fy * (1 - fx) * coarse[y0 + 1][:, x0] + fy * fx * coarse[y0 + 1][:, x0 + 1])
     img = img + 0.02 * rng.standard_normal(img.shape)
     return np.clip(img, -1, 1)[None].astype(np.float32)
+
+
+# ---- real inputs -------------------------------------------------------------------------------------
+def clip_real_inputs(vae, image_encoder, clip: dict, *, frames: int, decode_chunk: int, seed: int = 0,
+                     noise_aug_strength: float = 0.02) -> dict[str, dict[str, np.ndarray]]:
+    """{function name: its inputs} from ONE real clip (a VideoClipLoader batch of 1: `video` (1,T,H,W,3) in
+    [−1, 1], `fps`, `motion_bucket_id`), encoded as training encodes it (data.encode.encode_clips, the
+    conditioning frame augmented with `noise_aug_strength`, its noise from clip_keys(seed, [0])):
+
+        unet_step           unit Gaussian noise (seeded), the clip's cond_latent, image_embeds, added_time_ids
+        vae_decoder         the clip's latents of its first `decode_chunk` frames, scaled (as unet_step's x0)
+        vae_encoder, clip_image_encoder   the clip's first frame in [−1, 1]
+    """
+    from mvd_jax.data.encode import ClipEncoder, clip_keys
+
+    video = np.asarray(clip["video"], np.float32)
+    if video.ndim != 5 or video.shape[0] != 1 or video.shape[1] < decode_chunk:
+        raise UserError(f"a real clip of shape (1, ≥{decode_chunk}, H, W, 3) is needed, got {video.shape}")
+    # only the frames the decoder takes are encoded: the VAE encodes frame by frame, cond and CLIP see frame 0
+    batch = dict(video=video[:, :decode_chunk], fps=np.asarray(clip["fps"]),
+                 motion_bucket_id=np.asarray(clip["motion_bucket_id"]))
+    encoded = ClipEncoder(vae, image_encoder, devices=jax.local_devices()[:1])(
+        batch, noise_aug_strength, clip_keys(seed, [0]))
+    latents = np.asarray(encoded["latents"], np.float32)
+    # the noise from its own stream: not the random set's noise (sampler, default_rng(seed)) again
+    noise = np.random.default_rng((seed, 1)).standard_normal((1, frames, *latents.shape[2:])).astype(np.float32)
+    first = video[:, 0]
+    return dict(
+        unet_step=dict(noise=noise, cond_latent=np.asarray(encoded["cond_latent"], np.float32),
+                       image_embeds=np.asarray(encoded["image_embeds"][:, 0], np.float32),
+                       added_time_ids=np.asarray(encoded["added_time_ids"], np.float32)),
+        vae_decoder=dict(latents=latents),
+        vae_encoder=dict(image=first),
+        clip_image_encoder=dict(image=first))
 
 
 COMPONENTS = ("unet", "vae_decoder", "vae_encoder", "clip")
