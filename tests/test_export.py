@@ -141,6 +141,18 @@ def run_dir(models, pipeline_folder, tmp_path_factory):
     return run
 
 
+def test_unet_only_geometry_takes_the_runs_vae_factor(models, pipeline_folder):
+    """--run … --components unet builds no VAE: the latent size must still follow the run's VAE (the
+    test VAE halves 16×32 pixels to 8×16, where SVD's would give 2×4)."""
+    import argparse
+
+    from export.tflite import Sources, geometry
+
+    args = argparse.Namespace(frames=None, height=None, width=None, decode_chunk=None)
+    g = geometry(args, Sources(run_config=run_config(models[0], pipeline_folder)))
+    assert (g["latent_height"], g["latent_width"]) == (8, 16)
+
+
 def _export(argv):
     """(status, stdout, stderr) of the command line."""
     stdout, stderr = io.StringIO(), io.StringIO()
