@@ -80,21 +80,14 @@ sys.path.insert(0, str(REPO))  # the export/ CLI package next to mvd_jax
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from export.tflite import build_functions, geometry, load_sources, real_inputs  # noqa: E402
+from export.tflite import _csv, build_functions, geometry, load_sources, real_inputs  # noqa: E402
+from mvd_jax.errors import UserError  # noqa: E402
 from mvd_jax.diffusion.edm import SIGMA_MAX  # noqa: E402
 from mvd_jax.export.verify import TOLERANCES, rel_l2  # noqa: E402
 
 CORES = len(os.sched_getaffinity(0))  # os.cpu_count(), unless the process is pinned (taskset)
 EXTRA = ("vae_decoder", "vae_encoder", "clip")  # export/tflite.py's component names besides "unet"
 PRECISIONS = ("fp32", "fp16")
-
-
-def _csv(value: str, allowed, what: str) -> list[str]:
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    bad = [v for v in items if v not in allowed]
-    if bad or not items:
-        raise SystemExit(f"--{what} takes a comma-separated subset of {', '.join(allowed)}; got {value!r}")
-    return list(dict.fromkeys(items))
 
 
 def _version(dist: str) -> str | None:
@@ -248,8 +241,11 @@ def main():
     args = p.parse_args()
     if args.warmup < 1 or args.steps < 1 or args.threads < 1:
         raise SystemExit("--warmup, --steps and --threads must be ≥ 1")
-    precisions = _csv(args.precision, PRECISIONS, "precision")
-    components = ["unet"] + (_csv(args.components, EXTRA, "components") if args.components else [])
+    try:  # the export CLI's own parsing of these options
+        precisions = _csv(args.precision, PRECISIONS, "precision")
+        components = ["unet"] + (_csv(args.components, EXTRA, "components") if args.components else [])
+    except UserError as e:
+        raise SystemExit(str(e)) from None
 
     load_before = os.getloadavg()
     t_start = time.perf_counter()
@@ -259,8 +255,6 @@ def main():
     # ---- the functions, exactly as python -m export.tflite --run RUN_DIR builds them ----
     source = argparse.Namespace(run=args.run, unet=None, checkpoint=None, frames=None, height=None, width=None,
                                 decode_chunk=None)
-    from mvd_jax.errors import UserError
-
     try:
         t0 = time.perf_counter()
         sources = load_sources(source, components)

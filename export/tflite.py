@@ -119,12 +119,7 @@ def geometry(args, s: Sources) -> dict:
         raise UserError("give --frames, --height and --width (only a --run directory supplies them)")
     if s.vae is not None:
         factor = s.vae.config.downsampling_factor
-    elif cfg is not None and cfg.autoencoder.kind == "svd" and cfg.autoencoder.checkpoint:
-        from mvd_jax.convert.diffusers_vae import read_vae_config
-
-        # the VAE the run trained with (its config only): not every diffusers VAE is SVD's 8×
-        factor = read_vae_config(Path(cfg.autoencoder.checkpoint) / "vae").downsampling_factor
-    elif cfg is not None:
+    elif cfg is not None:  # the run's VAE, from its config file (latent_geometry)
         from mvd_jax.train.config import latent_geometry
 
         factor = latent_geometry(cfg)[0]

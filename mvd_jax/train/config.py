@@ -5,6 +5,8 @@ mvd_jax/config.py plus these sections; `defaults()` is the full schema with the 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import ml_collections
 
 from mvd_jax.errors import UserError
@@ -130,9 +132,16 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def latent_geometry(cfg) -> tuple[int, int]:
-    """(pixels per latent pixel, latent channels) of the config's autoencoder, without building it:
-    SVD's VAE is 8× with 4 channels; the pixel stand-in folds f×f RGB blocks into 3·f² channels."""
+    """(pixels per latent pixel, latent channels) of the config's autoencoder, without building it: a
+    diffusers VAE's from its folder's vae/config.json when the checkpoint is there (not every one is
+    SVD's), else SVD's 8× with 4 channels; the pixel stand-in folds f×f RGB blocks into 3·f² channels."""
     a = cfg.autoencoder
     if a.kind == "svd":
+        folder = Path(a.checkpoint) / "vae" if a.checkpoint else None
+        if folder is not None and (folder / "config.json").is_file():
+            from mvd_jax.convert.diffusers_vae import read_vae_config
+
+            vae = read_vae_config(folder)
+            return vae.downsampling_factor, vae.latent_channels
         return 8, 4
     return a.pixel_factor, 3 * a.pixel_factor ** 2
