@@ -9,9 +9,9 @@ Rows (each: batch 1 unless --batch; float32 on both sides; `jax.jit` compiled on
 calls, median and min of --steps; PyTorch eager under torch.inference_mode, same threads as XLA's pool):
   small     the bench issue's small config: 2 levels, channels (32, 64), heads (2, 4), 8 frames, 32×32 latents
             (bench/train_step_vs_torch.py `small`)
-  mid       SVD's 4-level block pattern at a quarter of its width: channels (80, 160, 320, 320), heads
-            (1, 2, 5, 5) (head width 80/80/64/64; SVD's is 64), cross-attention 1024, 14 frames at 32×64
-            latents (= 512×256 video)
+  mid       SVD's 4-level block pattern at 0.4 of its width: channels (128, 256, 512, 512), heads
+            (2, 4, 8, 8) (head width 64 like SVD's), cross-attention 1024, 14 frames at 32×64 latents
+            (= 512×256 video)
   svd       SVD's UNet (diffusers' default config, 1.52 B parameters) at 14×512×256 — with --full
   mobilevd / svd_512x256 (JAX only, with --full): configs/paper/mobilevd.py (collapsed cross-attention,
             temporal multiscaling, 70 % of temporal blocks pruned, funnels merged) vs configs/paper/
@@ -59,7 +59,7 @@ def row_config(name: str) -> tuple[UNetConfig, tuple[int, int, int]]:
     if name == "small":
         return model_and_size("small")
     if name == "mid":
-        return UNetConfig(block_out_channels=(80, 160, 320, 320), num_attention_heads=(1, 2, 5, 5),
+        return UNetConfig(block_out_channels=(128, 256, 512, 512), num_attention_heads=(2, 4, 8, 8),
                           num_frames=14), (14, 32, 64)
     if name == "svd":
         return UNetConfig(), (14, 32, 64)

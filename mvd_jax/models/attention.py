@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mvd_jax.models.attention_kernel import dot_product_attention
 from mvd_jax.models.layers import Identity, LayerNorm, Linear, param
 from mvd_jax.models.low_rank import LowRankLinear, low_rank_width
 
@@ -73,7 +74,7 @@ class Attention(nnx.Module):
             funnel = lambda t, f: jnp.einsum("bnhd,hde->bnhe", t, f[...].astype(t.dtype))
             q, k, v = funnel(q, self.funnel_q), funnel(k, self.funnel_k), funnel(v, self.funnel_v)
         # softmax(q kᵀ · scale) v, the same math as torch's scaled_dot_product_attention.
-        out = jax.nn.dot_product_attention(q, k, v, scale=self.scale)
+        out = dot_product_attention(q, k, v, self.scale)
         if self.funnel_o is not None:
             out = jnp.einsum("bnhe,hed->bnhd", out, self.funnel_o[...].astype(out.dtype))
         return self.to_out[0](out.reshape(b, n, -1))

@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from mvd_jax.errors import UserError
+from mvd_jax.models.attention_kernel import dot_product_attention
 from mvd_jax.models.layers import LayerNorm, Linear, param
 
 # ---- config --------------------------------------------------------------------------------------
@@ -194,8 +195,7 @@ class CLIPAttention(nnx.Module):
     def __call__(self, x):
         b, n, _ = x.shape
         split = lambda t: t.reshape(b, n, self.num_heads, self.head_dim)
-        out = jax.nn.dot_product_attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)),
-                                           scale=self.scale)
+        out = dot_product_attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)), self.scale)
         return self.out_proj(out.reshape(b, n, -1))
 
 

@@ -26,6 +26,7 @@ from jax.sharding import Mesh
 
 from mvd_jax.config import unet_config
 from mvd_jax.errors import UserError
+from mvd_jax.models import attention_kernel
 from mvd_jax.train import sharding as shd
 from mvd_jax.train.compile_report import compiled_report
 from mvd_jax.train.config import latent_geometry, resolve
@@ -110,7 +111,6 @@ def compile_train_step(config, devices=None, *, mesh: Mesh | None = None, compil
     of minutes and >20 GB of host RAM to compile for TPU): the report then holds the arguments' bytes per
     device from the shardings and the jaxpr FLOPs only (`planned_only`: True).
     """
-    from mvd_jax.eval.flops import jaxpr_flops
     from mvd_jax.train.model_state import build_unet
     from mvd_jax.train.trainer import make_programs
 
@@ -136,6 +136,15 @@ def compile_train_step(config, devices=None, *, mesh: Mesh | None = None, compil
     batch = abstract_batch(cfg, unet_cfg, t.batch_size, mesh)
 
     argument_bytes = float(sum(_bytes_per_device(a) for a in jax.tree.leaves((state, frozen, batch))))
+    # The target's attention form, not this host's: a TPU step keeps XLA's batched attention
+    # (models/attention_kernel.py picks by the default backend, which is this CPU host's).
+    with attention_kernel.implementation("auto" if devices[0].platform == "cpu" else "xla"):
+        return _lower_and_report(cfg, t, programs, state, frozen, batch, devices, mesh, argument_bytes, compile)
+
+
+def _lower_and_report(cfg, t, programs, state, frozen, batch, devices, mesh, argument_bytes, compile):
+    from mvd_jax.eval.flops import jaxpr_flops
+
     t0 = time.perf_counter()
     if not compile:
         compiler, t1 = {"argument_bytes": argument_bytes, "planned_only": True}, t0
