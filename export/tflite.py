@@ -252,6 +252,9 @@ def main(argv=None) -> int:
                    help="verify on random inputs only (default for a run directory: also on one clip of its data)")
     p.add_argument("--ai-hub-device", default=None, help='run and profile on this AI Hub device, e.g. "Samsung Galaxy S24"')
     args = p.parse_args(argv)
+    from mvd_jax.compile_cache import enable_persistent_cache
+
+    enable_persistent_cache()  # a repeated run loads its compiled programs instead of recompiling
 
     from mvd_jax.export import ExportError
     from mvd_jax.export.functions import COMPONENTS

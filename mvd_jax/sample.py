@@ -68,6 +68,9 @@ def main(argv=None):
     p.add_argument("--decode_chunk_size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    from mvd_jax.compile_cache import enable_persistent_cache
+
+    enable_persistent_cache()  # a repeated run loads its compiled programs instead of recompiling
 
     from tqdm import tqdm
 

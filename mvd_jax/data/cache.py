@@ -300,6 +300,9 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=0, help="decoding processes (0: decode in this process)")
     p.add_argument("--max_shards", type=int, default=None, help="stop after this many shards (resume later)")
     args = p.parse_args(argv)
+    from mvd_jax.compile_cache import enable_persistent_cache
+
+    enable_persistent_cache()  # a repeated run loads its compiled programs instead of recompiling
 
     settings = _settings_from_args(args)
     entries = read_entries(args.videos)

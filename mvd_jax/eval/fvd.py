@@ -402,6 +402,9 @@ def main(argv=None):
     p.add_argument("--resize", default=None, help="resize frames to WxH first (e.g. 320x240); default: no")
     p.add_argument("--out", default=None, help="write the result as JSON here")
     args = p.parse_args(argv)
+    from mvd_jax.compile_cache import enable_persistent_cache
+
+    enable_persistent_cache()  # a repeated run loads its compiled programs instead of recompiling
 
     if args.frames < MIN_FRAMES:
         raise UserError(f"--frames must be ≥ {MIN_FRAMES} (I3D's temporal receptive field), got {args.frames}")

@@ -239,6 +239,9 @@ def main(argv=None):
     p.add_argument("--decode_chunk_size", type=int, default=None)
     p.add_argument("--batch_size", type=int, default=8, help="videos per I3D batch")
     args = p.parse_args(argv)
+    from mvd_jax.compile_cache import enable_persistent_cache
+
+    enable_persistent_cache()  # a repeated run loads its compiled programs instead of recompiling
 
     from mvd_jax.config import load_config
     from mvd_jax.convert.diffusers_vae import read_vae_config

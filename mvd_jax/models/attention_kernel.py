@@ -11,7 +11,9 @@ well, and TPU training should keep its one big batched product; on CPU the "bloc
 - when one batch element's scores are already larger than that (long spatial sequences), the loop body
   takes the heads one by one and loops over blocks of query rows; each block's softmax is exact because a
   row's softmax only needs its own keys;
-- products are laid out (heads, queries, head_dim) so neither product needs the scores transposed.
+- products are laid out (heads, queries, head_dim) so neither product needs the scores transposed;
+- its gradient (a custom VJP) runs the same loops and recomputes each block's probabilities, as flash
+  attention does, instead of saving every block's (queries × keys) probabilities for the backward pass.
 
 The arithmetic is the same as the XLA form (float32 logits and softmax, probabilities cast to v's dtype
 before the second product); results agree to float32 rounding (tests/test_attention_kernel.py).
@@ -23,6 +25,7 @@ backend is the CPU, XLA's otherwise), "blocked" or "xla". Compiling for a TPU fr
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import jax
@@ -84,6 +87,27 @@ def _attend(q, k, v, scale: float):
     return jnp.einsum("...ts,...sd->...td", probs, v)
 
 
+def _attend_grad(q, k, v, do, scale: float):
+    """(dq, dk, dv) of `_attend` for one block, recomputing the probabilities instead of storing them.
+
+    With P = softmax(L), L = scale·q kᵀ, O = P v:  dv = Pᵀ dO,  dP = dO vᵀ,
+    dL = P ⊙ (dP − rowsum(dP ⊙ P)),  dq = scale·dL k,  dk = scale·dLᵀ q — the chain rule of the forward,
+    written out so the loop carries only q, k, v, dO (never the (T, S) probabilities of every block).
+    """
+    qs = q * jnp.asarray(scale, q.dtype) if _scale_queries(q, scale) else q
+    logits = jnp.einsum("...td,...sd->...ts", qs, k, preferred_element_type=jnp.float32)
+    if not _scale_queries(q, scale):
+        logits = logits * scale
+    probs = jax.nn.softmax(logits, axis=-1)
+    dv = jnp.einsum("...ts,...td->...sd", probs.astype(v.dtype), do)
+    dprobs = jnp.einsum("...td,...sd->...ts", do, v, preferred_element_type=jnp.float32)
+    dlogits = probs * (dprobs - jnp.sum(dprobs * probs, axis=-1, keepdims=True))
+    dlogits = (dlogits * scale).astype(q.dtype)
+    dq = jnp.einsum("...ts,...sd->...td", dlogits, k)
+    dk = jnp.einsum("...ts,...td->...sd", dlogits, q)
+    return dq, dk, dv
+
+
 def _largest_divisor_at_most(n: int, bound: int) -> int:
     bound = max(1, min(n, bound))
     while n % bound:
@@ -91,35 +115,94 @@ def _largest_divisor_at_most(n: int, bound: int) -> int:
     return bound
 
 
-def _blocked(q, k, v, scale: float):
+def _plan(q, k):
+    """("chunks", batch elements per iteration) or ("rows", query rows per block) for these shapes."""
     b, t, n, _ = q.shape
     s = k.shape[1]
     per_element = n * t * s * 4
     if per_element <= SCORE_BUDGET_BYTES:
+        return "chunks", _largest_divisor_at_most(b, SCORE_BUDGET_BYTES // per_element)
+    return "rows", _largest_divisor_at_most(t, SCORE_BUDGET_BYTES // (s * 4))
+
+
+def _heads_major(x):  # (..., L, N, D) → (..., N, L, D) and back
+    return jnp.swapaxes(x, -3, -2)
+
+
+def _over_chunks(fn, arrays, chunk: int):
+    """fn over the batch in chunks of `chunk` elements (a loop unless one chunk is the whole batch)."""
+    b = arrays[0].shape[0]
+    if chunk == b:
+        return fn(arrays)
+    split = lambda x: x.reshape(b // chunk, chunk, *x.shape[1:])
+    out = lax.map(fn, tuple(split(x) for x in arrays))
+    return jax.tree.map(lambda y: y.reshape(b, *y.shape[2:]), out)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _blocked(q, k, v, scale: float):
+    kind, size = _plan(q, k)
+    if kind == "chunks":
         # Several batch elements per iteration, all heads at once.
-        chunk = _largest_divisor_at_most(b, SCORE_BUDGET_BYTES // per_element)
-        heads_major = lambda x: jnp.swapaxes(x, -3, -2)  # (..., L, N, D) → (..., N, L, D)
-        body = lambda qkv: heads_major(_attend(*(heads_major(x) for x in qkv), scale))
-        if chunk == b:
-            return body((q, k, v))
-        split = lambda x: x.reshape(b // chunk, chunk, *x.shape[1:])
-        return lax.map(body, (split(q), split(k), split(v))).reshape(q.shape)
+        body = lambda qkv: _heads_major(_attend(*(_heads_major(x) for x in qkv), scale))
+        return _over_chunks(body, (q, k, v), size)
 
     # One batch element per iteration; inside, each head (unrolled: N is small) and block of query rows
     # (a nested loop, so long sequences do not unroll into hundreds of copies).
-    rows = _largest_divisor_at_most(t, SCORE_BUDGET_BYTES // (s * 4))
+    t, n = q.shape[1], q.shape[2]
 
     def one_element(qkv):
         qe, ke, ve = qkv  # (T, N, D), (S, N, D)
         heads = []
         for h in range(n):
-            kh, vh = ke[:, h], ve[:, h]
-            qh = qe[:, h]
-            if rows == t:
+            qh, kh, vh = qe[:, h], ke[:, h], ve[:, h]
+            if size == t:
                 heads.append(_attend(qh, kh, vh, scale))
             else:
-                blocks = lax.map(lambda qb: _attend(qb, kh, vh, scale), qh.reshape(t // rows, rows, -1))
+                blocks = lax.map(lambda qb: _attend(qb, kh, vh, scale), qh.reshape(t // size, size, -1))
                 heads.append(blocks.reshape(t, -1))
         return jnp.stack(heads, axis=1)
 
     return lax.map(one_element, (q, k, v))
+
+
+def _blocked_fwd(q, k, v, scale: float):
+    return _blocked(q, k, v, scale), (q, k, v)
+
+
+def _blocked_bwd(scale: float, residuals, do):
+    """The same loops as the forward, each block's gradients from `_attend_grad`; dk and dv of one head
+    accumulate (in float32) over its query blocks."""
+    q, k, v = residuals
+    kind, size = _plan(q, k)
+    if kind == "chunks":
+        def body(arrays):
+            grads = _attend_grad(*(_heads_major(x) for x in arrays), scale)
+            return tuple(_heads_major(g) for g in grads)
+        return _over_chunks(body, (q, k, v, do), size)
+
+    t, n = q.shape[1], q.shape[2]
+
+    def one_element(arrays):
+        qe, ke, ve, doe = arrays
+        dqs, dks, dvs = [], [], []
+        for h in range(n):
+            qh, kh, vh, doh = qe[:, h], ke[:, h], ve[:, h], doe[:, h]
+            if size == t:
+                dq, dk, dv = _attend_grad(qh, kh, vh, doh, scale)
+            else:
+                def block(acc, qdo):
+                    dq, dk, dv = _attend_grad(qdo[0], kh, vh, qdo[1], scale)
+                    return (acc[0] + dk.astype(jnp.float32), acc[1] + dv.astype(jnp.float32)), dq
+
+                zeros = jnp.zeros(kh.shape, jnp.float32)
+                blocks = (qh.reshape(t // size, size, -1), doh.reshape(t // size, size, -1))
+                (dk, dv), dq = lax.scan(block, (zeros, zeros), blocks)
+                dq, dk, dv = dq.reshape(t, -1), dk.astype(kh.dtype), dv.astype(vh.dtype)
+            dqs.append(dq), dks.append(dk), dvs.append(dv)
+        return tuple(jnp.stack(g, axis=1) for g in (dqs, dks, dvs))
+
+    return lax.map(one_element, (q, k, v, do))
+
+
+_blocked.defvjp(_blocked_fwd, _blocked_bwd)

@@ -22,14 +22,13 @@ _PID = flags.DEFINE_integer("process_id", None, "this process's index (with --co
 
 def main(argv):
     del argv
-    import os
-
     import jax
     from absl import logging
 
+    from mvd_jax.compile_cache import enable_persistent_cache
+
     logging.set_verbosity(logging.WARNING)  # Orbax narrates every save at INFO
-    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # repeated runs and resumes skip recompiling
-        jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/mvd_jax/jax"))
+    enable_persistent_cache()  # repeated runs and resumes skip recompiling
 
     if _COORD.value:
         jax.distributed.initialize(_COORD.value, num_processes=_NPROC.value, process_id=_PID.value)
