@@ -9,6 +9,11 @@ seed) give the conditioning frame, image embedding and time ids; each run sample
 features, eval/fvd.py) compares the samples with the real clips. The demo's clips are short (8 frames)
 for I3D's temporal pooling, so every frame is shown twice (16 frames) — for real and generated alike.
 A floor for the comparison: FVD between two disjoint halves of the real clips.
+
+Two pixel statistics beside FVD (32-clip FVD is noisy), each as the ratio generated / real (1 = like the
+real clips): sharpness, the mean absolute difference between neighbouring pixels within a frame (a
+1-step sample from pure noise that regresses to the mean is blurry: ratio < 1), and motion, the mean
+absolute difference between consecutive frames (a frozen or flickering video: ratio < 1 or > 1).
 """
 from __future__ import annotations
 
@@ -72,6 +77,14 @@ def one_step_samples(run: Path, clips, seed: int):
     return np.stack(out), cfg, step
 
 
+def pixel_statistics(videos: np.ndarray) -> dict:
+    """Sharpness and motion (see the module docstring) of uint8 videos (N, T, H, W, 3), in [0, 1] units."""
+    x = videos.astype(np.float32) / 255.0
+    sharpness = np.abs(np.diff(x, axis=2)).mean() + np.abs(np.diff(x, axis=3)).mean()
+    motion = np.abs(np.diff(x, axis=1)).mean()
+    return {"sharpness": float(sharpness), "motion": float(motion)}
+
+
 def doubled(videos: np.ndarray) -> list[np.ndarray]:
     return [np.repeat(v, 2, axis=0) for v in videos]
 
@@ -91,16 +104,19 @@ def main():
     real_stats = extractor.stats(doubled(real))
     half = len(real) // 2
     floor = fvd_from_stats(extractor.stats(doubled(real[:half])), extractor.stats(doubled(real[half:])))
+    real_pixels = pixel_statistics(real)
     results = {"clips": int(len(real)), "frames": int(real.shape[1]), "size": list(real.shape[2:4]),
-               "real_half_vs_half_fvd": floor, "runs": {}}
+               "real_half_vs_half_fvd": floor, "real_pixel_statistics": real_pixels, "runs": {}}
     print(f"{len(real)} real clips of {real.shape[1]} frames at {real.shape[2]}×{real.shape[3]}; "
           f"FVD real half vs half (floor): {floor:.1f}")
     for run in args.runs:
         samples, cfg, step = one_step_samples(Path(run), clips, args.seed)
         fvd = fvd_from_stats(real_stats, extractor.stats(doubled(samples)))
         phase = cfg.train.get("phase", "diffusion")  # runs from before the adversarial phase existed
-        results["runs"][run] = {"phase": phase, "step": int(step), "one_step_fvd": fvd}
-        print(f"{run} ({phase}, step {step}): 1-step FVD vs real {fvd:.1f}")
+        ratios = {f"{k}_ratio": v / real_pixels[k] for k, v in pixel_statistics(samples).items()}
+        results["runs"][run] = {"phase": phase, "step": int(step), "one_step_fvd": fvd, **ratios}
+        print(f"{run} ({phase}, step {step}): 1-step FVD vs real {fvd:.1f}; sharpness / real "
+              f"{ratios['sharpness_ratio']:.3f}, motion / real {ratios['motion_ratio']:.3f}")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
 
