@@ -43,6 +43,7 @@ from mvd_jax.export import ExportError  # noqa: E402
 from mvd_jax.export import ai_hub  # noqa: E402
 from mvd_jax.export import functions as F  # noqa: E402
 from mvd_jax.export import verify  # noqa: E402
+from mvd_jax.export import tflite  # noqa: E402
 from mvd_jax.export.tflite import export_component  # noqa: E402
 from mvd_jax.models.clip_vision import CLIPVisionConfig, preprocess_for_clip  # noqa: E402
 from mvd_jax.models.funnels import add_funnels  # noqa: E402
@@ -300,6 +301,10 @@ def test_op_census_is_builtins_only_and_fp16_halves_the_file(exported):
         census = verify.op_census(out / f"{name}_fp32.tflite")
         assert census and verify.non_builtin_ops(census) == []
         assert all(op.isupper() for op in census)
+        # attention is exported in XLA's batched form, not as the CPU loops of models/attention_kernel.py
+        assert "WHILE" not in census, (name, census)
+        if name in ("unet_step", "clip_image_encoder"):  # (the tests' tiny VAE has no attention)
+            assert census["BATCH_MATMUL"] > 0, (name, census)
         fp32, fp16 = ((out / f"{name}_{p}.tflite").stat().st_size for p in ("fp32", "fp16"))
         # weights halve; the graph itself (a few hundred kB at this size) does not
         assert 0.4 < fp16 / fp32 < 0.62, (name, fp16 / fp32)
@@ -508,3 +513,18 @@ def test_without_credentials_one_line_and_the_local_export_stands(pipeline_folde
     assert status == 3
     assert len(err) == 1 and "client.ini" in err[0] and "stands" in err[0]
     assert (out / "clip_image_encoder_fp32.tflite").is_file()
+
+
+def test_attention_is_exported_without_the_cpu_loops(monkeypatch):
+    """models/attention_kernel.py's CPU form is a loop (a TFLite WHILE on the phone); the export traces
+    XLA's batched form instead, with a budget that would make the CPU form loop over rows."""
+    from mvd_jax.models import attention_kernel
+
+    monkeypatch.setattr(attention_kernel, "SCORE_BUDGET_BYTES", 16)
+    heads = lambda x: x.reshape(1, 8, 2, 4)  # noqa: E731
+    f = _tiny_function("attention", lambda x: attention_kernel.dot_product_attention(
+        heads(x), heads(2 * x), heads(x + 1), 0.5).reshape(1, 8, 8))
+    with attention_kernel.implementation("blocked"):  # what this host would trace outside the exporter
+        assert "scan[" in str(jax.make_jaxpr(lambda x: f.fn([], x))(np.zeros((1, 8, 8), np.float32)))
+    census = verify.op_census(tflite.convert(f, "fp32"))
+    assert "WHILE" not in census and census["BATCH_MATMUL"] > 0 and census["SOFTMAX"] > 0, census

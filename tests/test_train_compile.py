@@ -157,3 +157,36 @@ def test_tpu_plan_only_sizes_the_train_state_without_compiling(tmp_path):
     proc, r = _tpu_cli(tmp_path, "plan_small", "--config.mesh.data=1", "--config.mesh.fsdp=4", "--plan_only",
                        "--hbm_gib=0.001")
     assert proc.returncode == 3 and r["fits"] is False and "DOES NOT FIT" in proc.stdout
+
+
+ATTENTION_SCRIPT = """
+import json, sys
+from mvd_jax.config import load_config
+from mvd_jax.models import attention_kernel as ak
+from mvd_jax.train.aot import compile_train_step
+from mvd_jax.train_compile import compile_for_tpu, parse_tpu
+traced = []
+blocked = ak._blocked
+def spy(*args):
+    traced.append(1)
+    return blocked(*args)
+ak._blocked = spy
+cfg = load_config(sys.argv[1]); cfg.train.batch_size = 4; cfg.mesh.data, cfg.mesh.fsdp = 1, 4
+compile_for_tpu(cfg, parse_tpu("v5e:2x2"), compile=False)
+tpu = len(traced)
+cfg = load_config(sys.argv[1]); cfg.train.batch_size = 1; cfg.mesh.data, cfg.mesh.fsdp = 1, 1
+compile_train_step(cfg, compile=False)
+print(json.dumps({"tpu": tpu, "cpu": len(traced) - tpu}))
+"""
+
+
+@needs_libtpu
+def test_tpu_step_keeps_xla_attention_while_cpu_step_uses_the_blocked_form():
+    """The step traced for a TPU target (from this CPU host) uses XLA's batched attention, not the CPU loops
+    of models/attention_kernel.py; the same step traced for this host's CPU devices uses the loops."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), XLA_FLAGS="", ALLOW_MULTIPLE_LIBTPU_LOAD="1")
+    proc = subprocess.run([sys.executable, "-c", ATTENTION_SCRIPT, CONFIG], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert counts["tpu"] == 0 and counts["cpu"] > 0, counts
