@@ -9,12 +9,12 @@ start-up, first decodes), then the time to the next `--clips` clips; the median 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import time
 
+from bench_io import write_json
 from mvd_jax.data.clips import ClipSpec
 from mvd_jax.data.loader import LoaderOptions, VideoClipLoader
 from mvd_jax.data.manifest import demo_entries
@@ -51,8 +51,7 @@ def main():
     result = {"benchmark": "data_throughput", "clip": "14x512x256 @ 7 fps", "cores": os.cpu_count(),
               "machine": platform.processor() or platform.machine(), "rows": rows}
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import os
 import platform
 import shutil
@@ -80,6 +79,7 @@ sys.path.insert(0, str(REPO))  # the export/ CLI package next to mvd_jax
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench_io import write_json  # noqa: E402
 from export.tflite import _csv, build_functions, geometry, load_sources, real_inputs  # noqa: E402
 from mvd_jax.errors import UserError  # noqa: E402
 from mvd_jax.diffusion.edm import SIGMA_MAX  # noqa: E402
@@ -388,10 +388,7 @@ def main():
         "sides": rows,
     }
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=1)
-        print(f"wrote {args.out}")
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ absolute difference between consecutive frames (a frozen or flickering video: ra
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_io import write_json  # noqa: E402
 from mvd_jax.data.clips import ClipSpec  # noqa: E402
 from mvd_jax.data.encode import encode_clips  # noqa: E402
 from mvd_jax.data.loader import LoaderOptions, VideoClipLoader  # noqa: E402
@@ -118,7 +118,7 @@ def main():
         print(f"{run} ({phase}, step {step}): 1-step FVD vs real {fvd:.1f}; sharpness / real "
               f"{ratios['sharpness_ratio']:.3f}, motion / real {ratios['motion_ratio']:.3f}")
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+        write_json(args.out, results)
 
 
 if __name__ == "__main__":

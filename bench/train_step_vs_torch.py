@@ -82,7 +82,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import dataclasses
-import json
 import os
 import platform
 import resource
@@ -105,6 +104,7 @@ import optax  # noqa: E402
 import torch  # noqa: E402
 
 import oracle  # noqa: E402
+from bench_io import write_json  # noqa: E402
 from mvd_jax.config import load_config, unet_config  # noqa: E402
 from mvd_jax.convert.diffusers_unet import unet_from_tensors, unet_to_tensors  # noqa: E402
 from mvd_jax.diffusion import edm  # noqa: E402
@@ -507,10 +507,7 @@ def main():
         result["jax_trainer_step"] = {**trainer, "median_s": statistics.median(trainer["times"]),
                                       "min_s": min(trainer["times"])}
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"wrote {args.out}")
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":

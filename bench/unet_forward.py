@@ -28,7 +28,6 @@ during one forward (glibc mallinfo2, bench/train_step_vs_torch.MallocPeak) plus 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -47,6 +46,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from bench_io import write_json  # noqa: E402
 from train_step_vs_torch import CORES, MallocPeak, model_and_size, rel  # noqa: E402
 from mvd_jax.models.unet_config import UNetConfig  # noqa: E402
 
@@ -251,7 +251,7 @@ def main():
         results["mobilevd_speedup"] = s["jax_median_s"] / m["jax_median_s"]
         print(f"MobileVD vs SVD-512×256 forward (JAX): {results['mobilevd_speedup']:.2f}× faster")
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+        write_json(args.out, results)
 
 
 if __name__ == "__main__":

@@ -70,21 +70,23 @@ def dot_product_attention(q, k, v, scale: float):
     return _blocked(q, k, v, scale)
 
 
-def _scale_queries(q, scale: float) -> bool:
-    """Scaling q instead of the logits is exact when the scale is a power of two (1/√64 = 1/8 in SVD)."""
-    return math.frexp(scale)[0] == 0.5
+def _probabilities(q, k, scale: float):
+    """float32 softmax(scale · q kᵀ) of heads-major q (..., T, D) and k (..., S, D) → (..., T, S).
+
+    A power-of-two scale (1/√64 = 1/8 in SVD) is applied to q, exactly and on the smaller array; any
+    other scale to the float32 logits.
+    """
+    if math.frexp(scale)[0] == 0.5:
+        logits = jnp.einsum("...td,...sd->...ts", q * jnp.asarray(scale, q.dtype), k,
+                            preferred_element_type=jnp.float32)
+    else:
+        logits = jnp.einsum("...td,...sd->...ts", q, k, preferred_element_type=jnp.float32) * scale
+    return jax.nn.softmax(logits, axis=-1)
 
 
 def _attend(q, k, v, scale: float):
     """Heads-major attention: q (..., N, T, D), k/v (..., N, S, D) → (..., N, T, D)."""
-    exact_q_scale = _scale_queries(q, scale)
-    if exact_q_scale:
-        q = q * jnp.asarray(scale, q.dtype)
-    logits = jnp.einsum("...td,...sd->...ts", q, k, preferred_element_type=jnp.float32)
-    if not exact_q_scale:
-        logits = logits * scale
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("...ts,...sd->...td", probs, v)
+    return jnp.einsum("...ts,...sd->...td", _probabilities(q, k, scale).astype(v.dtype), v)
 
 
 def _attend_grad(q, k, v, do, scale: float):
@@ -94,11 +96,7 @@ def _attend_grad(q, k, v, do, scale: float):
     dL = P ⊙ (dP − rowsum(dP ⊙ P)),  dq = scale·dL k,  dk = scale·dLᵀ q — the chain rule of the forward,
     written out so the loop carries only q, k, v, dO (never the (T, S) probabilities of every block).
     """
-    qs = q * jnp.asarray(scale, q.dtype) if _scale_queries(q, scale) else q
-    logits = jnp.einsum("...td,...sd->...ts", qs, k, preferred_element_type=jnp.float32)
-    if not _scale_queries(q, scale):
-        logits = logits * scale
-    probs = jax.nn.softmax(logits, axis=-1)
+    probs = _probabilities(q, k, scale)
     dv = jnp.einsum("...ts,...td->...sd", probs.astype(v.dtype), do)
     dprobs = jnp.einsum("...td,...sd->...ts", do, v, preferred_element_type=jnp.float32)
     dlogits = probs * (dprobs - jnp.sum(dprobs * probs, axis=-1, keepdims=True))

@@ -111,6 +111,7 @@ def compile_train_step(config, devices=None, *, mesh: Mesh | None = None, compil
     of minutes and >20 GB of host RAM to compile for TPU): the report then holds the arguments' bytes per
     device from the shardings and the jaxpr FLOPs only (`planned_only`: True).
     """
+    from mvd_jax.eval.flops import jaxpr_flops
     from mvd_jax.train.model_state import build_unet
     from mvd_jax.train.trainer import make_programs
 
@@ -139,28 +140,22 @@ def compile_train_step(config, devices=None, *, mesh: Mesh | None = None, compil
     # The target's attention form, not this host's: a TPU step keeps XLA's batched attention
     # (models/attention_kernel.py picks by the default backend, which is this CPU host's).
     with attention_kernel.implementation("auto" if devices[0].platform == "cpu" else "xla"):
-        return _lower_and_report(cfg, t, programs, state, frozen, batch, devices, mesh, argument_bytes, compile)
-
-
-def _lower_and_report(cfg, t, programs, state, frozen, batch, devices, mesh, argument_bytes, compile):
-    from mvd_jax.eval.flops import jaxpr_flops
-
-    t0 = time.perf_counter()
-    if not compile:
-        compiler, t1 = {"argument_bytes": argument_bytes, "planned_only": True}, t0
-    else:
-        lowered = programs.train_step.lower(state, frozen, batch)
-        t1 = time.perf_counter()
-        try:
-            compiler = compiled_report(lowered.compile())
-        except Exception as e:  # the TPU compiler refuses a plan larger than the chip's HBM
-            oom = parse_hbm_oom(str(e))
-            if oom is None:
-                raise
-            compiler = {"argument_bytes": argument_bytes, "oom_used_bytes": oom[0], "oom_capacity_bytes": oom[1],
-                        "compile_error": str(e).strip().splitlines()[0][:500]}
-    t2 = time.perf_counter()
-    step_flops = jaxpr_flops(jax.make_jaxpr(programs.train_step)(state, frozen, batch).jaxpr)
+        t0 = time.perf_counter()
+        if not compile:
+            compiler, t1 = {"argument_bytes": argument_bytes, "planned_only": True}, t0
+        else:
+            lowered = programs.train_step.lower(state, frozen, batch)
+            t1 = time.perf_counter()
+            try:
+                compiler = compiled_report(lowered.compile())
+            except Exception as e:  # the TPU compiler refuses a plan larger than the chip's HBM
+                oom = parse_hbm_oom(str(e))
+                if oom is None:
+                    raise
+                compiler = {"argument_bytes": argument_bytes, "oom_used_bytes": oom[0], "oom_capacity_bytes": oom[1],
+                            "compile_error": str(e).strip().splitlines()[0][:500]}
+        t2 = time.perf_counter()
+        step_flops = jaxpr_flops(jax.make_jaxpr(programs.train_step)(state, frozen, batch).jaxpr)
     count = lambda tree: int(sum(x.size for x in jax.tree.leaves(tree)))  # noqa: E731
     return {
         **compiler,
