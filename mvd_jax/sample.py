@@ -35,14 +35,13 @@ def _open_image(path):
 
 
 def _load_unet(path):
-    from pathlib import Path
-
+    from mvd_jax import storage
     from mvd_jax.convert import load_unet
     from mvd_jax.train.stages import is_run_dir, read_run_unet
 
     if is_run_dir(path):
         return read_run_unet(path, use_ema=True)[0]
-    if not Path(path).exists():
+    if not storage.path(path).exists():
         raise UserError(f"--unet {path} is neither a trainer run directory nor a diffusers unet folder")
     return load_unet(path)
 

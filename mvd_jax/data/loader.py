@@ -23,11 +23,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from pathlib import Path
 
 import grain
 import numpy as np
 
+from mvd_jax import storage
 from mvd_jax.data.clips import ClipSpec, load_clip, to_model_range
 from mvd_jax.data.host_shard import HostBlockShard
 from mvd_jax.data.manifest import VideoEntry
@@ -77,7 +77,7 @@ class SkipTracker:
 
     def __init__(self, limit: int, report_dir=None):
         self.limit = max(1, limit)
-        self.report_path = Path(report_dir) / BAD_VIDEOS_FILE if report_dir else None
+        self.report_path = storage.path(report_dir) / BAD_VIDEOS_FILE if report_dir else None  # local or gs://
         self.bad: dict[str, str] = {}
         self.usable: set[str] = set()
         self.consecutive_bad = 0
@@ -91,9 +91,7 @@ class SkipTracker:
         if record["path"] not in self.bad:
             self.bad[record["path"]] = record["reason"]
             if self.report_path is not None:
-                self.report_path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.report_path, "a") as f:
-                    f.write(f"{record['path']}\t{record['reason']}\n")
+                storage.append_text(self.report_path, f"{record['path']}\t{record['reason']}\n")
         if self.consecutive_bad >= self.limit:
             raise NoUsableVideosError(
                 f"no usable video: the last {self.consecutive_bad} records all failed "

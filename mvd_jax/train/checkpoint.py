@@ -10,11 +10,10 @@ refused with the differing keys named.
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import jax
 import orbax.checkpoint as ocp
 
+from mvd_jax import storage
 from mvd_jax.errors import UserError
 
 CONFIG_NAME = "config.json"
@@ -25,7 +24,7 @@ _STRUCTURAL_TRAIN = ("trainable",)
 
 class CheckpointManager:
     def __init__(self, directory, keep: int = 3):
-        self.directory = Path(directory).absolute()
+        self.directory = storage.path(directory)  # local or gs://
         self._mgr = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True),
@@ -99,7 +98,7 @@ def state_metadata(directory, step: int) -> dict:
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.ERROR)  # "metadata file does not exist": the step metadata is not needed
     try:
-        meta = ocp.StandardCheckpointer().metadata(Path(directory) / str(step) / "state")
+        meta = ocp.StandardCheckpointer().metadata(storage.path(directory) / str(step) / "state")
     finally:
         logging.set_verbosity(verbosity)
     tree = getattr(meta, "item_metadata", meta)

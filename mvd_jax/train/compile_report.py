@@ -15,7 +15,8 @@ reports a quarter of the lowered, global FLOPs). The figures:
 from __future__ import annotations
 
 import json
-from pathlib import Path
+
+from mvd_jax import storage
 
 GIB = 1024 ** 3
 
@@ -55,7 +56,7 @@ def format_report(report: dict, *, devices: int, label: str = "train step") -> s
     return line
 
 
-def write_report(path, report: dict, **extra) -> Path:
-    path = Path(path)
+def write_report(path, report: dict, **extra):
+    path = storage.path(path)  # local or gs://
     path.write_text(json.dumps({**extra, **report}, indent=1) + "\n")
     return path

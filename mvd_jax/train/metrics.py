@@ -1,10 +1,16 @@
 """Training metrics: one JSON object per logged step in workdir/metrics.jsonl and TensorBoard event
-files in workdir/tensorboard (tensorboardX: no TensorFlow needed). Only process 0 writes."""
+files in workdir/tensorboard (tensorboardX: no TensorFlow needed; it writes gs:// itself). Only process
+0 writes. Objects in a bucket cannot be appended to, so for a gs:// workdir the log is kept in memory
+(seeded with what a resumed run already wrote) and the object is rewritten at every logged step."""
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
+
+from mvd_jax import storage
+
+
+METRICS_FILE = "metrics.jsonl"
 
 
 class MetricWriter:
@@ -12,8 +18,12 @@ class MetricWriter:
         self.enabled = enabled
         self._jsonl = self._tb = None
         if enabled:
-            workdir = Path(workdir)
-            self._jsonl = open(workdir / "metrics.jsonl", "a")
+            workdir = storage.path(workdir)
+            self._path = workdir / METRICS_FILE
+            if storage.is_remote(workdir):
+                self._lines = self._path.read_text().splitlines(keepends=True) if self._path.exists() else []
+            else:
+                self._jsonl = open(self._path, "a")
             try:
                 from tensorboardX import SummaryWriter
 
@@ -25,8 +35,13 @@ class MetricWriter:
         if not self.enabled:
             return
         clean = {k: (v if isinstance(v, (int, float)) and math.isfinite(v) else str(v)) for k, v in metrics.items()}
-        self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
-        self._jsonl.flush()
+        line = json.dumps({"step": step, **clean}) + "\n"
+        if self._jsonl is not None:
+            self._jsonl.write(line)
+            self._jsonl.flush()
+        else:
+            self._lines.append(line)
+            self._path.write_text("".join(self._lines))
         if self._tb is not None:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)) and math.isfinite(v):
@@ -41,5 +56,5 @@ class MetricWriter:
 
 
 def read_metrics(workdir) -> list[dict]:
-    path = Path(workdir) / "metrics.jsonl"
+    path = storage.path(workdir) / METRICS_FILE
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

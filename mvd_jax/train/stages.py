@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
 from flax import nnx
 
+from mvd_jax import storage
 from mvd_jax.config import unet_config
 from mvd_jax.errors import UserError
 
@@ -42,11 +42,11 @@ _ARCHITECTURE_FLAGS = ("collapse_cross_attention", "temporal_multiscale", "spati
 
 def is_run_dir(path) -> bool:
     """True for a trainer workdir (it has checkpoints/config.json), false for an SVD diffusers folder."""
-    return bool(path) and (Path(path) / "checkpoints" / "config.json").is_file()
+    return bool(path) and (storage.path(path) / "checkpoints" / "config.json").is_file()
 
 
 def read_run_config(run_dir) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(json.loads((Path(run_dir) / "checkpoints" / "config.json").read_text()))
+    return ml_collections.ConfigDict(json.loads((storage.path(run_dir) / "checkpoints" / "config.json").read_text()))
 
 
 def read_run_unet(run_dir, *, use_ema: bool = True):
@@ -59,7 +59,7 @@ def read_run_unet(run_dir, *, use_ema: bool = True):
     from absl import logging
 
     cfg = read_run_config(run_dir)
-    directory = Path(run_dir).absolute() / "checkpoints"
+    directory = storage.path(run_dir) / "checkpoints"
     mgr = ocp.CheckpointManager(directory, item_names=("state", "data"))
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.ERROR)  # Orbax warns about the data item, which is not needed here

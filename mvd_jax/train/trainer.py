@@ -23,6 +23,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from mvd_jax import storage
 from mvd_jax.config import unet_config
 from mvd_jax.models.gates import temporal_block_names
 from mvd_jax.errors import UserError
@@ -82,7 +83,7 @@ def check_model_matches_data(cfg, unet_cfg, autoencoder):
                         f"autoencoder gives {latent}-channel latents (in = 2·{latent}, out = {latent})")
 
 
-def make_data(cfg, per_host_batch: int, workdir: Path):
+def make_data(cfg, per_host_batch: int, workdir):
     from mvd_jax.data.cache import CachedClipLoader
     from mvd_jax.data.clips import ClipSpec
     from mvd_jax.data.loader import LoaderOptions, VideoClipLoader
@@ -279,7 +280,7 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
     # ---- set-up ------------------------------------------------------------------------------
     cfg = stages.resolve_stage(resolve(config))  # a pruning stage learns its block list from the last stage
     t = cfg.train
-    workdir = Path(workdir)
+    workdir = storage.path(workdir)  # local or gs://bucket/run (mvd_jax/storage.py)
     workdir.mkdir(parents=True, exist_ok=True)
     unet_cfg = dataclasses.replace(unet_config(cfg), num_frames=cfg.frames)
     if unet_cfg.temporal_gating == "sampled" and not 0 < t.gate_keep <= len(temporal_block_names(unet_cfg)):
@@ -421,7 +422,7 @@ def _compile_step(train_step, state, frozen, batch, mesh, workdir, is_main, log)
     report = compiled_report(compiled)
     log(format_report(report, devices=jax.device_count()))
     if is_main:
-        write_report(Path(workdir) / "compile_report.json", report, devices=jax.device_count(),
+        write_report(workdir / "compile_report.json", report, devices=jax.device_count(),
                      mesh={a: int(n) for a, n in mesh.shape.items()})
     return compiled, report.get("flops")
 
@@ -462,6 +463,7 @@ def _write_sample(cfg, programs, state, frozen, autoencoder, batch, workdir, ste
     frames = np.asarray(jnp.clip(autoencoder.decode(z, t) / 2 + 0.5, 0, 1))
     if not is_main:
         return None
-    out = Path(workdir) / "samples"
-    out.mkdir(exist_ok=True)
-    return write_video(out / f"step_{step:07d}.mp4", frames, int(round(cfg.data.fps or 7)))
+    target = workdir / "samples" / f"step_{step:07d}.mp4"
+    with storage.local_file_for(target) as local:  # PyAV writes a real file; copied up for gs:// workdirs
+        write_video(local, frames, int(round(cfg.data.fps or 7)))
+    return target
