@@ -3,11 +3,11 @@ trainer parses them), the slice (accelerator type → chips, hosts), the checks 
 it is worth renting the pod, the trainer's command line and environment, gs:// paths, and a runner that
 either runs each command or, with --dry-run, prints it (needing no credentials).
 
-gs:// paths. The trainer opens its workdir and data paths with `pathlib` (train/trainer.py,
-data/manifest.py, data/cache.py), so today it cannot be handed gs:// URLs. The launchers therefore mount
-every bucket a job names with Cloud Storage FUSE at /gcs/<bucket> on each worker (TPU VMs: gcsfuse;
-GKE: the gcsfuse CSI driver through `xpk storage attach`) and pass the trainer the mounted paths —
-`--gcs=native` passes the gs:// URLs through unchanged, for when the trainer opens them with etils.epath.
+gs:// paths. The trainer opens gs:// URLs itself (mvd_jax/storage.py: workdir, video folders and
+manifests, latent caches, previous runs, diffusers folders), so `--gcs=native` passes them through
+unchanged. The default, `--gcs=fuse`, instead mounts every bucket a job names with Cloud Storage FUSE at
+/gcs/<bucket> on each worker (TPU VMs: gcsfuse; GKE: the gcsfuse CSI driver through `xpk storage
+attach`) and gives the trainer the mounted paths: the same files, with FUSE's local page cache.
 """
 from __future__ import annotations
 
@@ -28,9 +28,6 @@ from mvd_jax.train_compile import TpuSlice, parse_tpu  # noqa: E402
 
 ENTRY_POINT = ("python", "-m", "mvd_jax.train")
 LIBTPU = "libtpu==0.0.42.1"  # the libtpu release paired with jax 0.10.2 (what `jax[tpu]==0.10.2` installs)
-# gs:// for the JAX compilation cache and TensorBoard when paths are passed natively (etils.epath → gcsfs;
-# tensorboardX → google-cloud-storage); harmless with FUSE mounts.
-GCS_PACKAGES = ("gcsfs==2026.10.1", "google-cloud-storage==3.17.1")
 FUSE_ROOT = "/gcs"
 # Config values that name files the trainer opens on every host.
 PATH_KEYS = ("data.videos", "data.cache", "autoencoder.checkpoint", "init_from")

@@ -40,7 +40,7 @@ if __package__ in (None, ""):  # python launch/tpu_vm.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from launch import common  # noqa: E402
-from launch.common import GCS_PACKAGES, LIBTPU, Step, UserError  # noqa: E402
+from launch.common import LIBTPU, Step, UserError  # noqa: E402
 
 ACTIONS = ("up", "create", "wait", "install", "run", "logs", "stop", "status", "delete")
 NEEDS_JOB = ("up", "install", "run")
@@ -67,8 +67,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", default=None, help="git URL (with --source=git)")
     p.add_argument("--ref", default="main", help="git branch/tag (with --source=git)")
     p.add_argument("--gcs", choices=("fuse", "native"), default="fuse",
-                   help="fuse: mount buckets at /gcs/<bucket> and give the trainer those paths (works today); "
-                        "native: pass gs:// URLs through (needs a trainer that opens paths with etils.epath)")
+                   help="fuse: mount buckets at /gcs/<bucket> and give the trainer those paths; "
+                        "native: pass gs:// URLs through (the trainer opens them itself: mvd_jax/storage.py)")
     p.add_argument("--compilation_cache", default=None, help="JAX compilation cache (default: gs://<workdir bucket>/"
                    "jax_compilation_cache)")
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the trainer (repeatable), e.g. "
@@ -137,7 +137,7 @@ def install_script(args, job) -> str:
         lines.append(f"rm -rf {REMOTE_DIR} && mkdir -p {REMOTE_DIR} && tar -xzf ~/mvd_jax.tgz -C {REMOTE_DIR}")
     lines += [f"cd {REMOTE_DIR}",
               'PYTHON=python3.11 EXTRAS="" . scripts/venv.sh',  # the repository's own venv recipe (pinned deps)
-              f".venv/bin/pip install -q {LIBTPU} {' '.join(GCS_PACKAGES)}",
+              f".venv/bin/pip install -q {LIBTPU}",  # gs:// support (gcsfs) comes with the project
               '.venv/bin/python -c "import jax, mvd_jax; print(\'jax\', jax.__version__, \'and mvd_jax installed\')"']
     return "\n".join(lines)
 
@@ -215,8 +215,8 @@ def plan(argv: list[str]):
         for item in common.local_paths_to_check(job):
             header.append(f"note: {item} is read on every worker: it must exist there (or be gs://)")
         if args.gcs == "native" and common.split_gs(job.workdir):
-            header.append("note: --gcs=native gives the trainer gs:// paths; today's trainer opens its workdir "
-                          "with pathlib and needs --gcs=fuse")
+            header.append("note: --gcs=native: the trainer opens the gs:// paths itself (gcsfs, TensorStore); "
+                          "the workers' service account needs read/write on the workdir bucket")
     elif overrides:
         raise UserError(f"{args.action} takes no --config.* overrides")
     steps = {

@@ -36,7 +36,7 @@ if __package__ in (None, ""):  # python launch/xpk.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from launch import common  # noqa: E402
-from launch.common import GCS_PACKAGES, LIBTPU, Step, UserError  # noqa: E402
+from launch.common import LIBTPU, Step, UserError  # noqa: E402
 
 ACTIONS = ("cluster-create", "storage-attach", "run", "logs", "list", "delete", "cluster-delete")
 NEEDS_JOB = ("storage-attach", "run")
@@ -62,7 +62,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--base_docker_image", default="python:3.11-slim")
     p.add_argument("--gcs", choices=("fuse", "native"), default="fuse",
                    help="fuse: buckets mounted at /gcs/<bucket> (storage-attach) and the trainer gets those paths; "
-                        "native: gs:// URLs passed through (needs a trainer that opens paths with etils.epath)")
+                        "native: gs:// URLs passed through (the trainer opens them itself: mvd_jax/storage.py)")
     p.add_argument("--compilation_cache", default=None)
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the trainer (repeatable)")
     p.add_argument("--max_restarts", type=int, default=3,
@@ -116,7 +116,7 @@ def workload_command(args, job) -> str:
     trainer = shlex.join(common.trainer_args(job, args.gcs))
     if args.docker_image:
         return trainer
-    install = f"pip install -q --root-user-action=ignore -e . {LIBTPU} {' '.join(GCS_PACKAGES)}"
+    install = f"pip install -q --root-user-action=ignore -e . {LIBTPU}"  # gcsfs comes with the project
     return f"{install} && {trainer}"
 
 

@@ -62,3 +62,44 @@ def append_text(target, text: str):
         return
     old = target.read_text() if target.exists() else ""
     target.write_text(old + text)
+
+
+def mirror_root() -> str:
+    return os.environ.get("MVD_JAX_GCS_MIRROR") or os.path.join(os.path.expanduser("~"), ".cache", "mvd_jax", "gcs")
+
+
+def local_mirror(p):
+    """A local path holding the same file or folder as `p`: `p` itself when local; for gs://bucket/x a
+    copy under mirror_root()/bucket/x (MVD_JAX_GCS_MIRROR moves it), downloaded once — files already
+    there with the bucket's size are kept. For readers that need real files: the diffusers/safetensors
+    folders (SVD UNet, VAE, CLIP) that `init_from` and `autoencoder.checkpoint` name. Each file lands
+    under a temporary name and is renamed when complete, so an interrupted download is redone."""
+    if not is_remote(p):
+        return epath.Path(p)
+    remote = path(p)
+    scheme, rest = os.fspath(remote).split("://", 1)
+    local = epath.Path(mirror_root()) / scheme / rest
+    files = [remote] if remote.is_file() else list(files_under(remote)) if remote.is_dir() else None
+    if files is None:
+        raise FileNotFoundError(f"{p} does not exist")
+    for src in files:
+        dst = local / src.relative_to(remote) if src != remote else local
+        size = src.stat().length
+        if dst.exists() and dst.stat().length == size:
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.parent / (dst.name + ".part")
+        with src.open("rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, length=16 << 20)
+        os.replace(tmp, dst)
+    return local
+
+
+def files_under(folder):
+    """Every file under a folder, recursively: one listing per folder (epath refuses `**` globs on GCS,
+    where they could mean thousands of requests)."""
+    for p in folder.iterdir():
+        if p.is_dir():
+            yield from files_under(p)
+        else:
+            yield p

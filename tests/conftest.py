@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -55,6 +57,39 @@ def env(tmp_path_factory):
     cache = tmp_path_factory.mktemp("jax_cache")
     return dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gcs(env):
+    """A local Cloud Storage server (tests/gcs_emulator.py, bucket gcs_emulator.BUCKET) in its own process;
+    yields the trainer-subprocess environment pointing every client at it, and points this process's
+    clients at it too while the module runs."""
+    from gcs_emulator import BUCKET, client_env
+
+    port = _free_port()
+    settings = client_env(port)
+    saved = {k: os.environ.get(k) for k in settings}
+    script = os.path.join(os.path.dirname(__file__), "gcs_emulator.py")
+    server = subprocess.Popen([sys.executable, script, str(port), BUCKET], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready", server.stderr.read()[-2000:]
+        os.environ.update(settings)
+        yield dict(env, **settings)
+    finally:
+        server.kill()
+        server.wait()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 # The longest files first: under `pytest -n 2 --dist loadfile` (scripts/test.sh) whole files go to the

@@ -8,7 +8,8 @@ two parts of the GCS contract that TensorStore relies on and the emulator lacks 
     python tests/gcs_emulator.py PORT BUCKET     # serves until killed; prints "ready" when it is
 
 Clients are pointed at it by environment (`client_env`): STORAGE_EMULATOR_HOST (gcsfs,
-google-cloud-storage), TENSORSTORE_GCS_HTTP_URL + GOOGLE_AUTH_TOKEN_FOR_TESTING (TensorStore), and
+google-cloud-storage), TENSORSTORE_GCS_HTTP_URL + GOOGLE_AUTH_TOKEN_FOR_TESTING (TensorStore),
+CLOUD_STORAGE_EMULATOR_ENDPOINT (google-cloud-cpp, under ArrayRecord's gs:// reader), and
 EPATH_USE_TF=0 so etils.epath takes gcsfs even where TensorFlow is installed (tf.io.gfile has no
 emulator setting; a TPU VM without TensorFlow takes gcsfs too).
 """
@@ -19,10 +20,12 @@ import sys
 import time
 from http import HTTPStatus
 
+BUCKET = "mvd-test-bucket"  # the bucket the tests' `gcs` fixture creates
+
 
 def client_env(port: int) -> dict:
     url = f"http://localhost:{port}"
-    return {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
+    return {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url, "CLOUD_STORAGE_EMULATOR_ENDPOINT": url,
             "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test-token", "EPATH_USE_TF": "0"}
 
 

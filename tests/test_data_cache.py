@@ -103,6 +103,51 @@ def test_interrupted_cache_resumes_to_the_same_shards(encoder, tmp_path):
         CacheWriter(entries, encoder, tmp_path / "part", CacheSettings(num_frames=4), batch_size=2).run()
 
 
+def test_a_finished_cache_reads_from_a_bucket_and_is_written_locally_only(encoder, gcs, tmp_path):
+    """data.cache=gs://…: ArrayRecord reads the shards from the bucket (google-cloud-cpp, pointed at
+    tests/gcs_emulator.py), giving the batches the same cache gives on disk."""
+    from gcs_emulator import BUCKET
+    from mvd_jax import storage
+
+    CacheWriter(demo_entries(), encoder, tmp_path / "cache", SETTINGS, batch_size=2).run()
+    remote = f"gs://{BUCKET}/caches/demo"
+    for p in sorted((tmp_path / "cache").iterdir()):
+        (storage.path(remote) / p.name).write_bytes(p.read_bytes())
+    kw = dict(batch_size=2, seed=5, num_epochs=1, process_index=0, process_count=1)
+    local, bucket = list(CachedClipLoader(tmp_path / "cache", **kw)), list(CachedClipLoader(remote, **kw))
+    assert len(bucket) == len(local) == 4
+    for a, b in zip(local, bucket):
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    with pytest.raises(UserError, match="written to a local folder"):
+        CacheWriter(demo_entries(), encoder, remote + "_new", SETTINGS)
+
+
+def test_vae_and_clip_load_from_a_bucket(encoder_folder, gcs, tmp_path, monkeypatch):
+    """autoencoder.checkpoint=gs://…: the VAE and CLIP folders are mirrored locally and load the same."""
+    from flax import nnx
+
+    from gcs_emulator import BUCKET
+    from mvd_jax import storage
+    from mvd_jax.convert.diffusers_vae import load_vae, read_vae_config
+    from mvd_jax.convert.transformers_clip import load_image_encoder
+
+    monkeypatch.setenv("MVD_JAX_GCS_MIRROR", str(tmp_path / "mirror"))
+    remote = storage.path(f"gs://{BUCKET}/models/encoders")
+    for p in sorted(encoder_folder.rglob("*")):
+        if p.is_file():
+            (remote / p.relative_to(encoder_folder).as_posix()).write_bytes(p.read_bytes())
+    assert read_vae_config(remote / "vae") == read_vae_config(encoder_folder / "vae")
+    pairs = [(load_vae(remote / "vae"), load_vae(encoder_folder / "vae")),
+             (load_image_encoder(remote / "image_encoder"), load_image_encoder(encoder_folder / "image_encoder"))]
+    for from_bucket, from_disk in pairs:
+        a, b = nnx.to_flat_state(nnx.state(from_bucket)), nnx.to_flat_state(nnx.state(from_disk))
+        assert [k for k, _ in a] == [k for k, _ in b]
+        for (k, x), (_, y) in zip(a, b):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(k))
+
+
 def run_cli(module, *args):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, timeout=600)

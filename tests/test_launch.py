@@ -106,7 +106,7 @@ def test_gs_paths_in_the_config_are_mounted_or_passed_through():
                                      "--compilation_cache=gs://cache-bucket/jax"])
     assert "--workdir=gs://ckpt-bucket/runs/demo" in run.text() and "--config.data.cache=gs://data-bucket" in run.text()
     assert "JAX_COMPILATION_CACHE_DIR=gs://cache-bucket/jax" in run.text()
-    assert any("pathlib" in h for h in header)  # the launcher says native gs:// needs trainer support
+    assert any("opens the gs:// paths itself" in h for h in header)
 
 
 def test_xpk_workload_from_the_config():

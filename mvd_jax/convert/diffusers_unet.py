@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mvd_jax import storage
 from mvd_jax.convert.safetensors_io import read_header, read_safetensors, write_safetensors
 from mvd_jax.convert.sgm_names import SGM_PREFIX, diffusers_to_sgm
 from mvd_jax.convert.strict import (
@@ -71,8 +72,16 @@ def read_unet_checkpoint(path, config=None) -> tuple[dict[str, np.ndarray], UNet
     Returns (tensors, config, kind) where kind is "diffusers" or "sgm".
     `path`: a diffusers `unet/` folder (or a pipeline folder holding one), a diffusers-named
     .safetensors file (config from `config` or a config.json beside it), or an SGM single file
-    (config from `config`, default: SVD's).
+    (config from `config`, default: SVD's). A gs:// path is mirrored to local disk first (only the
+    unet/ folder of a pipeline folder; mvd_jax/storage.py).
     """
+    if storage.is_remote(path):
+        remote = storage.path(path)
+        if remote.is_dir() and not (remote / "config.json").exists() and (remote / "unet" / "config.json").exists():
+            remote = remote / "unet"
+        if not remote.exists():
+            raise UserError(f"checkpoint not found: {path}")
+        path = storage.local_mirror(remote)
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint not found: {path}")

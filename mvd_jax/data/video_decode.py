@@ -8,9 +8,13 @@ Frame indices are decode order from the start of the stream (0, 1, 2, …), whic
 frame-rate mp4s of video datasets is presentation order. Decoding runs sequentially up to the last
 wanted frame (no seeking): seeking lands on keyframes whose true index depends on the container, and
 exact frame indices matter more here than the cost of decoding a few seconds of video.
+
+Paths may be gs://bucket/... (mvd_jax/storage.py): PyAV then reads through the bucket's file object
+(gcsfs or tf.io.gfile, both seekable), so a dataset need not be copied to local disk first.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
@@ -18,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from mvd_jax import storage
 from mvd_jax.errors import UserError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -41,22 +46,27 @@ class VideoInfo:
     height: int
 
 
-def _open(path):
+@contextlib.contextmanager
+def _opened(path):
+    """The PyAV container of a local or gs:// video file, closed (with its bucket file object) on exit."""
     import av
 
-    path = Path(path)
+    remote = storage.is_remote(path)
+    path = storage.path(path) if remote else Path(path)
     if not path.is_file():
         raise VideoReadError(path, "file not found")
-    if os.path.getsize(path) == 0:
+    if (path.stat().length if remote else os.path.getsize(path)) == 0:
         raise VideoReadError(path, "empty file (0 bytes)")
-    try:
-        container = av.open(str(path))
-    except av.error.FFmpegError as e:
-        raise VideoReadError(path, f"not a readable video ({type(e).__name__})") from None
-    if not container.streams.video:
-        container.close()
-        raise VideoReadError(path, "no video stream")
-    return container
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(path.open("rb")) if remote else str(path)
+        try:
+            container = av.open(source)
+        except av.error.FFmpegError as e:
+            raise VideoReadError(path, f"not a readable video ({type(e).__name__})") from None
+        stack.callback(container.close)
+        if not container.streams.video:
+            raise VideoReadError(path, "no video stream")
+        yield container
 
 
 def probe(path, *, count_frames: bool = False) -> VideoInfo:
@@ -65,8 +75,7 @@ def probe(path, *, count_frames: bool = False) -> VideoInfo:
     a truncated file's header still promises its original count)."""
     import av
 
-    container = _open(path)
-    try:
+    with _opened(path) as container:
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         if not rate or float(rate) <= 0:
@@ -82,8 +91,6 @@ def probe(path, *, count_frames: bool = False) -> VideoInfo:
         if n <= 0:
             raise VideoReadError(path, "no decodable frames")
         return VideoInfo(str(path), int(n), float(rate), stream.codec_context.width, stream.codec_context.height)
-    finally:
-        container.close()
 
 
 def read_frames(path, indices: Sequence[int]) -> np.ndarray:
@@ -99,8 +106,7 @@ def read_frames(path, indices: Sequence[int]) -> np.ndarray:
     wanted = set(indices)
     last = max(indices)
     got: dict[int, np.ndarray] = {}
-    container = _open(path)
-    try:
+    with _opened(path) as container:
         i = -1
         try:
             for i, frame in enumerate(container.decode(container.streams.video[0])):
@@ -110,8 +116,6 @@ def read_frames(path, indices: Sequence[int]) -> np.ndarray:
                     break
         except av.error.FFmpegError as e:
             raise VideoReadError(path, f"decoding failed at frame {i + 1} ({type(e).__name__})") from None
-    finally:
-        container.close()
     if last not in got:
         raise VideoReadError(path, f"too short: {i + 1} decodable frames, frame {last} needed")
     return np.stack([got[j] for j in indices])
@@ -124,8 +128,9 @@ def read_video(path) -> tuple[np.ndarray, float]:
 
 
 def list_videos(folder) -> list[Path]:
-    """Video files under `folder` (recursive), sorted, by suffix."""
-    folder = Path(folder)
+    """Video files under `folder` (local or gs://; recursive), sorted, by suffix."""
+    folder = storage.path(folder) if storage.is_remote(folder) else Path(folder)
     if not folder.is_dir():
         raise UserError(f"video folder not found: {folder}")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+    files = storage.files_under(folder) if storage.is_remote(folder) else (p for p in folder.rglob("*") if p.is_file())
+    return sorted(p for p in files if p.suffix.lower() in VIDEO_SUFFIXES)

@@ -5,10 +5,9 @@ mvd_jax/config.py plus these sections; `defaults()` is the full schema with the 
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import ml_collections
 
+from mvd_jax import storage
 from mvd_jax.errors import UserError
 
 
@@ -137,7 +136,7 @@ def latent_geometry(cfg) -> tuple[int, int]:
     SVD's), else SVD's 8× with 4 channels; the pixel stand-in folds f×f RGB blocks into 3·f² channels."""
     a = cfg.autoencoder
     if a.kind == "svd":
-        folder = Path(a.checkpoint) / "vae" if a.checkpoint else None
+        folder = storage.path(a.checkpoint) / "vae" if a.checkpoint else None
         if folder is not None and (folder / "config.json").is_file():
             from mvd_jax.convert.diffusers_vae import read_vae_config
 

@@ -14,7 +14,6 @@ import dataclasses
 import signal
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +60,7 @@ def build_autoencoder(cfg):
         from mvd_jax.convert.diffusers_vae import load_vae
         from mvd_jax.convert.transformers_clip import load_image_encoder
 
-        folder = Path(a.checkpoint)
+        folder = storage.path(a.checkpoint)  # local, or gs:// (mirrored locally by the loaders)
         return load_vae(folder / "vae"), load_image_encoder(folder / "image_encoder")
     from mvd_jax.models.clip_vision import CLIPVisionConfig, CLIPVisionModelWithProjection
     from mvd_jax.models.pixel_autoencoder import PixelAutoencoder, PixelAutoencoderConfig
