@@ -65,31 +65,37 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def gcs(env):
-    """A local Cloud Storage server (tests/gcs_emulator.py, bucket gcs_emulator.BUCKET) in its own process;
-    yields the trainer-subprocess environment pointing every client at it, and points this process's
-    clients at it too while the module runs."""
+@pytest.fixture(scope="session")
+def gcs_server():
+    """A local Cloud Storage server (tests/gcs_emulator.py, bucket gcs_emulator.BUCKET) in its own process,
+    one per test process: GCS clients cache their endpoint (gcsfs instances, google-cloud-cpp under
+    ArrayRecord), so the server and the environment pointing at it stay for the whole session."""
     from gcs_emulator import BUCKET, client_env
 
     port = _free_port()
     settings = client_env(port)
-    saved = {k: os.environ.get(k) for k in settings}
     script = os.path.join(os.path.dirname(__file__), "gcs_emulator.py")
     server = subprocess.Popen([sys.executable, script, str(port), BUCKET], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
         assert server.stdout.readline().strip() == "ready", server.stderr.read()[-2000:]
         os.environ.update(settings)
-        yield dict(env, **settings)
+        # epath decides once per process whether gs:// goes through TensorFlow (cached on first use of
+        # any URI path, e.g. by an export test before this fixture): decide again under EPATH_USE_TF=0
+        from etils.epath import gpath
+
+        gpath._is_tf_installed.cache_clear()
+        yield settings
     finally:
         server.kill()
         server.wait()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def gcs(env, gcs_server):
+    """The trainer-subprocess environment (`env`) pointing every GCS client at the local server; this
+    process's clients point there too."""
+    return dict(env, **gcs_server)
 
 
 # The longest files first: under `pytest -n 2 --dist loadfile` (scripts/test.sh) whole files go to the
