@@ -87,7 +87,13 @@ class GEGLU(nnx.Module):
         self.proj = Linear(dim_in, 2 * dim_out, rngs=rngs)
 
     def __call__(self, x):
-        h, gate = jnp.split(self.proj(x), 2, axis=-1)
+        # Two products on the kernel's halves instead of one product split afterwards (the same numbers):
+        # XLA:CPU fused the preceding LayerNorm into the single wide product and ran it at ~95 GFLOP/s
+        # against ~164 for the two plain ones (per-op profile of the SVD forward, README "Performance").
+        kernel, bias = self.proj.kernel[...].astype(x.dtype), self.proj.bias[...].astype(x.dtype)
+        half = kernel.shape[-1] // 2
+        h = jnp.matmul(x, kernel[:, :half]) + bias[:half]
+        gate = jnp.matmul(x, kernel[:, half:]) + bias[half:]
         return h * jax.nn.gelu(gate, approximate=False)
 
 
