@@ -1,19 +1,25 @@
 """One-step sample quality of trained runs: FVD of 1-step samples against real clips (a proxy on the
 bundled videos, not the paper's UCF-101 protocol).
 
-    python bench/one_step_quality.py --runs runs/demo runs/demo_adversarial --clips 32 --out bench/results/one_step.json
+    python bench/one_step_quality.py --runs runs/demo runs/demo_adversarial --clips 32 --noise-seeds 3 \
+        --out bench/results/one_step.json --sheet bench/results/one_step.png
 
 For every run (a trainer workdir; its EMA weights): the same `--clips` real clips of its data (fixed
 seed) give the conditioning frame, image embedding and time ids; each run samples ONE step from
 σ_max = 700 noise (the same noise for every run) and the samples are decoded to frames. FVD (I3D
 features, eval/fvd.py) compares the samples with the real clips. The demo's clips are short (8 frames)
 for I3D's temporal pooling, so every frame is shown twice (16 frames) — for real and generated alike.
-A floor for the comparison: FVD between two disjoint halves of the real clips.
+A floor for the comparison: FVD between two disjoint halves of the real clips. `--noise-seeds K` samples
+every run with K different σ_max noise draws (the same draws for every run) and reports FVD per draw,
+their mean ± standard deviation — how much of a difference between runs is the metric's own noise — and
+the FVD of all K·clips samples pooled against the real clips.
 
 Two pixel statistics beside FVD (32-clip FVD is noisy), each as the ratio generated / real (1 = like the
 real clips): sharpness, the mean absolute difference between neighbouring pixels within a frame (a
 1-step sample from pure noise that regresses to the mean is blurry: ratio < 1), and motion, the mean
 absolute difference between consecutive frames (a frozen or flickering video: ratio < 1 or > 1).
+And fidelity to the conditioning: PSNR of each sample against the real clip whose first frame it was
+given (frames 2…T). `--sheet PNG` writes the real clips and every run's samples side by side.
 """
 from __future__ import annotations
 
@@ -51,7 +57,9 @@ def to_uint8(video) -> np.ndarray:
     return np.asarray(jnp.clip((jnp.asarray(video) + 1) * 127.5 + 0.5, 0, 255)).astype(np.uint8)
 
 
-def one_step_samples(run: Path, clips, seed: int):
+def one_step_samples(run: Path, clips, seed: int, noise_seeds: list[int]):
+    """uint8 1-step samples (len(noise_seeds), N, T, H, W, 3): the conditioning (noise augmentation of the
+    first frame) from `seed`, the σ_max noise from each noise seed — the same for every run."""
     unet, cfg, step = read_run_unet(run, use_ema=True)
     autoencoder, image_encoder = build_autoencoder(cfg)
     b = clips["video"].shape[0]
@@ -61,7 +69,6 @@ def one_step_samples(run: Path, clips, seed: int):
                          jnp.asarray(clips["motion_bucket_id"]), aug, keys)
     t = cfg.frames
     cond = jnp.repeat(batch["cond_latent"][:, None], t, axis=1)
-    noise = jax.random.normal(jax.random.key(seed + 1), batch["latents"].shape)
     graphdef, state = nnx.split(unet)
 
     @jax.jit
@@ -69,12 +76,17 @@ def one_step_samples(run: Path, clips, seed: int):
         model = nnx.merge(graphdef, state)
         return samplers.single_step_sample(lambda *a: model(*a), noise, cond, embeds, ids)
 
-    out = []
-    for i in range(b):  # one clip at a time: the demo model's activations stay small
-        z = sample(state, noise[i:i + 1], cond[i:i + 1], batch["image_embeds"][i:i + 1], batch["added_time_ids"][i:i + 1])
-        frames = autoencoder.decode(z[0] / autoencoder.config.scaling_factor, t)
-        out.append(to_uint8(frames))
-    return np.stack(out), cfg, step
+    per_seed = []
+    for noise_seed in noise_seeds:
+        noise = jax.random.normal(jax.random.key(noise_seed), batch["latents"].shape)
+        out = []
+        for i in range(b):  # one clip at a time: the demo model's activations stay small
+            z = sample(state, noise[i:i + 1], cond[i:i + 1], batch["image_embeds"][i:i + 1],
+                       batch["added_time_ids"][i:i + 1])
+            frames = autoencoder.decode(z[0] / autoencoder.config.scaling_factor, t)
+            out.append(to_uint8(frames))
+        per_seed.append(np.stack(out))
+    return np.stack(per_seed), cfg, step
 
 
 def pixel_statistics(videos: np.ndarray) -> dict:
@@ -83,6 +95,26 @@ def pixel_statistics(videos: np.ndarray) -> dict:
     sharpness = np.abs(np.diff(x, axis=2)).mean() + np.abs(np.diff(x, axis=3)).mean()
     motion = np.abs(np.diff(x, axis=1)).mean()
     return {"sharpness": float(sharpness), "motion": float(motion)}
+
+
+def psnr_to_real(generated: np.ndarray, real: np.ndarray) -> float:
+    """generated (draws, N, T, H, W, 3), real (N, T, H, W, 3), uint8. Mean PSNR (dB) of each generated clip against the real clip whose first frame conditioned it, over
+    the frames after the first: image-to-video fidelity (a sample that ignores the image, e.g. noise,
+    scores low; a blurry copy of the image scores well, so read it beside sharpness and motion)."""
+    g = generated[:, :, 1:].astype(np.float64) / 255.0  # (draws, N, T - 1, H, W, 3)
+    r = real[None, :, 1:].astype(np.float64) / 255.0
+    mse = np.mean((g - r) ** 2, axis=(2, 3, 4, 5))
+    return float(np.mean(10 * np.log10(1.0 / np.maximum(mse, 1e-12))))
+
+
+def contact_sheet(rows: list[np.ndarray], path: str, clips: int = 3, frames: int = 4):
+    """A PNG: for each of `rows` (uint8 videos (N, T, H, W, 3)) its first `clips` clips side by side, each
+    as its first `frames` frames; one band of rows per clip."""
+    from PIL import Image
+
+    bands = [np.concatenate([np.concatenate(list(v[c, :frames]), axis=1) for v in rows], axis=0)
+             for c in range(min(clips, min(len(v) for v in rows)))]
+    Image.fromarray(np.concatenate(bands, axis=0)).save(path)
 
 
 def doubled(videos: np.ndarray) -> list[np.ndarray]:
@@ -94,7 +126,15 @@ def main():
     parser.add_argument("--runs", nargs="+", required=True)
     parser.add_argument("--clips", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--noise-seeds", type=int, default=1,
+                        help="sample each run with this many σ_max noise draws (seeds seed+1, seed+2, …; the same "
+                             "for every run): FVD per draw (mean ± std: the metric's own noise) and of all draws pooled")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--baselines", action="store_true",
+                        help="also score two model-free references: the conditioning frame held still for every "
+                             "frame, and uniform noise — what the metrics say about a video that ignores motion or the image")
+    parser.add_argument("--sheet", default=None,
+                        help="write a PNG contact sheet: per clip, the real clip then each run's first-draw sample")
     args = parser.parse_args()
 
     first_cfg = read_run_unet(args.runs[0])[1]
@@ -109,14 +149,40 @@ def main():
                "real_half_vs_half_fvd": floor, "real_pixel_statistics": real_pixels, "runs": {}}
     print(f"{len(real)} real clips of {real.shape[1]} frames at {real.shape[2]}×{real.shape[3]}; "
           f"FVD real half vs half (floor): {floor:.1f}")
+    sheet_rows = [real]
+    if args.baselines:
+        rng = np.random.default_rng(args.seed)
+        references = {"baseline: first frame held still": np.repeat(real[:, :1], real.shape[1], axis=1),
+                      "baseline: uniform noise": rng.integers(0, 256, real.shape, dtype=np.uint8)}
+        for name, video in references.items():
+            fvd = fvd_from_stats(real_stats, extractor.stats(doubled(video)))
+            ratios = {f"{k}_ratio": v / real_pixels[k] for k, v in pixel_statistics(video).items()}
+            psnr = psnr_to_real(video[None], real)
+            results["runs"][name] = {"phase": "reference", "one_step_fvd": fvd, **ratios, "psnr_to_real_db": psnr}
+            print(f"{name}: FVD vs real {fvd:.1f}; sharpness / real {ratios['sharpness_ratio']:.3f}, motion / real "
+                  f"{ratios['motion_ratio']:.3f}; PSNR to the real clip {psnr:.2f} dB")
     for run in args.runs:
-        samples, cfg, step = one_step_samples(Path(run), clips, args.seed)
-        fvd = fvd_from_stats(real_stats, extractor.stats(doubled(samples)))
+        noise_seeds = [args.seed + 1 + k for k in range(args.noise_seeds)]
+        per_seed, cfg, step = one_step_samples(Path(run), clips, args.seed, noise_seeds)
+        fvds = [fvd_from_stats(real_stats, extractor.stats(doubled(s))) for s in per_seed]
+        pooled = per_seed.reshape(-1, *per_seed.shape[2:])
         phase = cfg.train.get("phase", "diffusion")  # runs from before the adversarial phase existed
-        ratios = {f"{k}_ratio": v / real_pixels[k] for k, v in pixel_statistics(samples).items()}
-        results["runs"][run] = {"phase": phase, "step": int(step), "one_step_fvd": fvd, **ratios}
-        print(f"{run} ({phase}, step {step}): 1-step FVD vs real {fvd:.1f}; sharpness / real "
-              f"{ratios['sharpness_ratio']:.3f}, motion / real {ratios['motion_ratio']:.3f}")
+        ratios = {f"{k}_ratio": v / real_pixels[k] for k, v in pixel_statistics(pooled).items()}
+        psnr = psnr_to_real(per_seed, real)
+        sheet_rows.append(per_seed[0])
+        entry = {"phase": phase, "step": int(step), "one_step_fvd": float(np.mean(fvds)), **ratios,
+                 "psnr_to_real_db": psnr}
+        if len(fvds) > 1:
+            entry.update(one_step_fvd_per_noise_seed=fvds, one_step_fvd_std=float(np.std(fvds, ddof=1)),
+                         one_step_fvd_pooled=fvd_from_stats(real_stats, extractor.stats(doubled(pooled))))
+        results["runs"][run] = entry
+        spread = f" ± {entry['one_step_fvd_std']:.1f} over {len(fvds)} noise draws (pooled {entry['one_step_fvd_pooled']:.1f})" \
+            if len(fvds) > 1 else ""
+        print(f"{run} ({phase}, step {step}): 1-step FVD vs real {entry['one_step_fvd']:.1f}{spread}; sharpness / real "
+              f"{ratios['sharpness_ratio']:.3f}, motion / real {ratios['motion_ratio']:.3f}; PSNR to the real clip "
+              f"{psnr:.2f} dB")
+    if args.sheet:
+        contact_sheet(sheet_rows, args.sheet)
     if args.out:
         write_json(args.out, results)
 

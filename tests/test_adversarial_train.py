@@ -54,9 +54,12 @@ def opt_state_keys(opt_state) -> set:
     return keys
 
 
-@pytest.mark.parametrize("trainable", ["all", "none", "gated"])
+@pytest.mark.parametrize("trainable", ["all", "none", "gated", "d_warmup"])
 def test_backbone_is_frozen_and_every_head_learns(trainable):
-    if trainable == "gated":  # the gate-learning stage trains under this objective: its importances must move
+    if trainable == "d_warmup":  # D learns alone for the first 2 steps: G, EMA, G's optimizer state held
+        cfg = adversarial_config(trainable="all")
+        cfg.adversarial.d_warmup_steps = 2
+    elif trainable == "gated":  # the gate-learning stage trains under this objective: its importances must move
         cfg = adversarial_config(trainable="all", gate_keep=3)
         cfg.model.temporal_gating = "sampled"
     else:
@@ -73,6 +76,7 @@ def test_backbone_is_frozen_and_every_head_learns(trainable):
         np.testing.assert_array_equal(v, unet_params[k[len(DISCRIMINATOR_PREFIX) + len("backbone/"):]])
 
     state = programs.init_state(jax.device_put(start, programs.trainable_shardings))
+    g_opt_start = jax.device_get(state["opt_state"])
     frozen_dev = jax.device_put(frozen, programs.frozen_shardings)
     # optimizer state exists for the heads and the generator's trainable set only
     assert opt_state_keys(state["d_opt_state"]) <= set(start["discriminator"])
@@ -89,6 +93,17 @@ def test_backbone_is_frozen_and_every_head_learns(trainable):
     g_after = jax.device_get(state["params"])
     if trainable == "none":
         assert g_after == {} and set(frozen) >= set(unet_params)
+    elif trainable == "d_warmup":
+        for k in g_after:
+            np.testing.assert_array_equal(g_after[k], start["generator"][k])
+            np.testing.assert_array_equal(jax.device_get(state["ema"][k]), start["generator"][k])
+        jax.tree.map(np.testing.assert_array_equal, jax.device_get(state["opt_state"]), g_opt_start)
+        assert float(metrics["lr"]) == 0.0
+        for _ in range(2):  # then G's own schedule starts: its step 1 at warm-up lr 0, step 2 moves it
+            state, metrics = programs.train_step(state, frozen_dev, batch)
+        assert float(metrics["lr"]) > 0.0
+        g_after = jax.device_get(state["params"])
+        assert any(not np.array_equal(g_after[k], start["generator"][k]) for k in g_after)
     else:
         assert any(not np.array_equal(g_after[k], start["generator"][k]) for k in g_after)
     if trainable == "gated":

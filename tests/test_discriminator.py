@@ -390,6 +390,12 @@ def test_pseudo_huber_and_generator_loss():
     total, parts = al.generator_loss(fake, xh, x0)
     np.testing.assert_allclose(total, -0.1 + 0.1 * expected, rtol=1e-5)
     np.testing.assert_allclose(parts["reconstruction"], expected, rtol=1e-5)
+    # the reconstruction-only control: D's term weighted out, the parts still reported unweighted
+    total0, parts0 = al.generator_loss(fake, xh, x0, recon_weight=0.5, adversarial_weight=0.0)
+    np.testing.assert_allclose(total0, 0.5 * expected, rtol=1e-5)
+    np.testing.assert_allclose(parts0["adversarial"], -0.1, rtol=1e-6)
+    total2, _ = al.generator_loss(fake, xh, x0, adversarial_weight=2.0)
+    np.testing.assert_allclose(total2, -0.2 + 0.1 * expected, rtol=1e-5)
 
 
 # ---- errors ------------------------------------------------------------------------------------

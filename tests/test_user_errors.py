@@ -112,6 +112,21 @@ def test_unknown_key_in_experiment_config(tmp_path, section):
     assert_one_line_error(run_cli("mvd_jax.tables", "--configs", str(cfg)), "unknown", key)
 
 
+@pytest.mark.parametrize("key", ["recon_weight", "adversarial_weight", "r1_gamma"])
+def test_negative_adversarial_weights_are_refused(key):
+    import ml_collections
+
+    from mvd_jax.models.unet_config import UNetConfig
+    from mvd_jax.train.config import resolve
+
+    c = ml_collections.ConfigDict()
+    c.name, c.frames, c.height, c.width = "x", 2, 64, 64
+    c.model = UNetConfig().to_dict()
+    c.adversarial = {key: -0.5}
+    with pytest.raises(UserError, match=f"adversarial.{key} must be ≥ 0"):
+        resolve(c)
+
+
 def test_pickle_checkpoints_are_refused(tmp_path):
     (tmp_path / "unet.bin").write_bytes(b"\x80\x04K\x01.")
     assert_one_line_error(run_cli("mvd_jax.convert", str(tmp_path / "unet.bin")), "only .safetensors")

@@ -164,7 +164,8 @@ def build_adversarial_programs(cfg, unet_abstract, mesh, encode, opt_state_shard
 
         def g_loss_of_sample(sample):
             _, fake_heads = discriminate(d_params, sample + s_d * fake_eps)
-            return adv.generator_loss(fake_heads, sample, x0, a.recon_weight, a.huber_c or None)
+            return adv.generator_loss(fake_heads, sample, x0, a.recon_weight, a.huber_c or None,
+                                      a.adversarial_weight)
 
         (g_loss, g_aux), d_sample = jax.value_and_grad(g_loss_of_sample, has_aux=True)(fake)
         (g_grads,) = g_vjp((d_sample, jnp.ones_like(gate_penalty)))  # L_G + penalty, pulled back through G
@@ -176,11 +177,17 @@ def build_adversarial_programs(cfg, unet_abstract, mesh, encode, opt_state_shard
         new = {"params": params, "ema": ema_update(state["ema"], params, cfg.optimizer.ema_decay),
                "opt_state": opt_state, "d_params": d_params, "d_opt_state": d_opt_state,
                "step": step + 1, "skipped": state["skipped"]}
+        # D warm-up: for the first d_warmup_steps G, its EMA and its optimizer state stay as they are (its
+        # schedule and Adam moments start when it starts), so G first trains against a D that can judge
+        g_on = step >= a.d_warmup_steps
+        for key in ("params", "ema", "opt_state"):
+            new[key] = jax.tree.map(lambda n, o: jnp.where(g_on, n, o), new[key], state[key])
         finite = (jnp.isfinite(g_loss) & jnp.isfinite(d_loss) & jnp.isfinite(grad_norm) & jnp.isfinite(d_grad_norm)
                   & tree_finite(params) & tree_finite(d_params))
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, {**state, "step": step + 1})
         new["skipped"] = state["skipped"] + (~finite).astype(jnp.int32)
-        metrics = {"loss": g_loss, "grad_norm": grad_norm, "lr": schedule(step), "finite": finite,
+        metrics = {"loss": g_loss, "grad_norm": grad_norm, "lr": jnp.where(g_on, schedule(jnp.maximum(step - a.d_warmup_steps, 0)), 0.0),
+                   "finite": finite,
                    "d_loss": d_loss, "d_grad_norm": d_grad_norm, "hinge": d_aux["hinge"], "r1": d_aux["r1"], "d_accuracy": d_aux["accuracy"],
                    "g_adversarial": g_aux["adversarial"], "reconstruction": g_aux["reconstruction"],
                    "sigma_mean": jnp.mean(sigma)}

@@ -176,11 +176,14 @@ def pseudo_huber_loss(x_hat, x0, c: float | None = None):
     return jnp.mean(jnp.sqrt(jnp.sum(jnp.square(diff), axis=1) + c * c) - c)
 
 
-def generator_loss(fake_logits, x_hat, x0, recon_weight: float = RECON_WEIGHT, huber_c: float | None = None):
-    """L_G = E[D(fake)] + λ·pseudo-Huber(x̂0, x0); returns (total, {"adversarial": …, "reconstruction": …})."""
+def generator_loss(fake_logits, x_hat, x0, recon_weight: float = RECON_WEIGHT, huber_c: float | None = None,
+                   adversarial_weight: float = 1.0):
+    """L_G = w·E[D(fake)] + λ·pseudo-Huber(x̂0, x0) with w = 1 (SF-V); w = 0 is the reconstruction-only
+    control that tells what the discriminator's signal adds. Returns (total, {"adversarial": …,
+    "reconstruction": …}), the parts unweighted."""
     adv = generator_adversarial_loss(fake_logits)
     recon = pseudo_huber_loss(x_hat, x0, huber_c)
-    return adv + recon_weight * recon, {"adversarial": adv, "reconstruction": recon}
+    return adversarial_weight * adv + recon_weight * recon, {"adversarial": adv, "reconstruction": recon}
 
 
 def discriminator_loss(real_logits, fake_logits, r1=0.0):

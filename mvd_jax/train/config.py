@@ -59,6 +59,8 @@ def defaults() -> ml_collections.ConfigDict:
         b1=0.5, b2=0.999,  # SF-V's "momentum and β"
         r1_gamma=1.0,  # γ of the R1 penalty on real inputs (SF-V does not state it)
         recon_weight=0.1,  # λ of the pseudo-Huber reconstruction term
+        adversarial_weight=1.0,  # weight of E[D(fake)] in G's loss (0: reconstruction-only control; D still trains)
+        d_warmup_steps=0,  # steps at the start in which only D learns (G, its EMA and optimizer state held)
         huber_c=0.0,  # 0: c = 0.00054·√d for d latent elements per clip
         generator_levels=4,  # T_g: the generator trains at the top T_g − 1 Karras levels
         d_levels=1000, d_p_mean=-1.0, d_p_std=1.0,  # σ′ for the discriminator (discretised log-normal)
@@ -115,6 +117,9 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise UserError(f"train.phase must be 'diffusion' or 'adversarial', got {t.phase!r}")
     if out.adversarial.optimizer not in ("adam", "sm3"):
         raise UserError(f"adversarial.optimizer must be 'adam' or 'sm3', got {out.adversarial.optimizer!r}")
+    for key in ("recon_weight", "adversarial_weight", "r1_gamma", "d_warmup_steps"):
+        if out.adversarial[key] < 0:
+            raise UserError(f"adversarial.{key} must be ≥ 0, got {out.adversarial[key]}")
     if t.nan_policy not in ("stop", "skip"):
         raise UserError(f"train.nan_policy must be 'stop' or 'skip', got {t.nan_policy!r}")
     if t.dtype not in ("float32", "bfloat16"):
