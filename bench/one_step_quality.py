@@ -98,13 +98,27 @@ def pixel_statistics(videos: np.ndarray) -> dict:
 
 
 def psnr_to_real(generated: np.ndarray, real: np.ndarray) -> float:
-    """generated (draws, N, T, H, W, 3), real (N, T, H, W, 3), uint8. Mean PSNR (dB) of each generated clip against the real clip whose first frame conditioned it, over
-    the frames after the first: image-to-video fidelity (a sample that ignores the image, e.g. noise,
+    """generated (draws, N, T, H, W, 3), real (N, T, H, W, 3), uint8. Mean PSNR (dB) of each generated clip
+    against the real clip whose first frame conditioned it, over the frames after the first: image-to-video
+    fidelity (a sample that ignores the image, e.g. noise,
     scores low; a blurry copy of the image scores well, so read it beside sharpness and motion)."""
     g = generated[:, :, 1:].astype(np.float64) / 255.0  # (draws, N, T - 1, H, W, 3)
     r = real[None, :, 1:].astype(np.float64) / 255.0
     mse = np.mean((g - r) ** 2, axis=(2, 3, 4, 5))
     return float(np.mean(10 * np.log10(1.0 / np.maximum(mse, 1e-12))))
+
+
+def scores(draws: np.ndarray, real: np.ndarray, real_pixels: dict) -> dict:
+    """Pixel statistics relative to the real clips (over all draws pooled) and PSNR to the real clips, for
+    uint8 videos (draws, N, T, H, W, 3)."""
+    pooled = draws.reshape(-1, *draws.shape[2:])
+    ratios = {f"{k}_ratio": v / real_pixels[k] for k, v in pixel_statistics(pooled).items()}
+    return {**ratios, "psnr_to_real_db": psnr_to_real(draws, real)}
+
+
+def describe(entry: dict) -> str:
+    return (f"sharpness / real {entry['sharpness_ratio']:.3f}, motion / real {entry['motion_ratio']:.3f}; "
+            f"PSNR to the real clip {entry['psnr_to_real_db']:.2f} dB")
 
 
 def contact_sheet(rows: list[np.ndarray], path: str, clips: int = 3, frames: int = 4):
@@ -127,12 +141,12 @@ def main():
     parser.add_argument("--clips", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--noise-seeds", type=int, default=1,
-                        help="sample each run with this many σ_max noise draws (seeds seed+1, seed+2, …; the same "
-                             "for every run): FVD per draw (mean ± std: the metric's own noise) and of all draws pooled")
+                        help="sample each run with this many σ_max noise draws (seeds seed+1, seed+2, …; the same for "
+                             "every run): FVD per draw (mean ± std: the metric's own noise) and of all draws pooled")
     parser.add_argument("--out", default=None)
     parser.add_argument("--baselines", action="store_true",
                         help="also score two model-free references: the conditioning frame held still for every "
-                             "frame, and uniform noise — what the metrics say about a video that ignores motion or the image")
+                             "frame, and uniform noise — what the metrics say of a video without motion or image")
     parser.add_argument("--sheet", default=None,
                         help="write a PNG contact sheet: per clip, the real clip then each run's first-draw sample")
     args = parser.parse_args()
@@ -155,32 +169,27 @@ def main():
         references = {"baseline: first frame held still": np.repeat(real[:, :1], real.shape[1], axis=1),
                       "baseline: uniform noise": rng.integers(0, 256, real.shape, dtype=np.uint8)}
         for name, video in references.items():
-            fvd = fvd_from_stats(real_stats, extractor.stats(doubled(video)))
-            ratios = {f"{k}_ratio": v / real_pixels[k] for k, v in pixel_statistics(video).items()}
-            psnr = psnr_to_real(video[None], real)
-            results["runs"][name] = {"phase": "reference", "one_step_fvd": fvd, **ratios, "psnr_to_real_db": psnr}
-            print(f"{name}: FVD vs real {fvd:.1f}; sharpness / real {ratios['sharpness_ratio']:.3f}, motion / real "
-                  f"{ratios['motion_ratio']:.3f}; PSNR to the real clip {psnr:.2f} dB")
+            entry = {"phase": "reference", "one_step_fvd": fvd_from_stats(real_stats, extractor.stats(doubled(video))),
+                     **scores(video[None], real, real_pixels)}
+            results["runs"][name] = entry
+            print(f"{name}: FVD vs real {entry['one_step_fvd']:.1f}; {describe(entry)}")
     for run in args.runs:
         noise_seeds = [args.seed + 1 + k for k in range(args.noise_seeds)]
         per_seed, cfg, step = one_step_samples(Path(run), clips, args.seed, noise_seeds)
         fvds = [fvd_from_stats(real_stats, extractor.stats(doubled(s))) for s in per_seed]
-        pooled = per_seed.reshape(-1, *per_seed.shape[2:])
         phase = cfg.train.get("phase", "diffusion")  # runs from before the adversarial phase existed
-        ratios = {f"{k}_ratio": v / real_pixels[k] for k, v in pixel_statistics(pooled).items()}
-        psnr = psnr_to_real(per_seed, real)
         sheet_rows.append(per_seed[0])
-        entry = {"phase": phase, "step": int(step), "one_step_fvd": float(np.mean(fvds)), **ratios,
-                 "psnr_to_real_db": psnr}
+        entry = {"phase": phase, "step": int(step), "one_step_fvd": float(np.mean(fvds)),
+                 **scores(per_seed, real, real_pixels)}
+        spread = ""
         if len(fvds) > 1:
+            pooled = per_seed.reshape(-1, *per_seed.shape[2:])
             entry.update(one_step_fvd_per_noise_seed=fvds, one_step_fvd_std=float(np.std(fvds, ddof=1)),
                          one_step_fvd_pooled=fvd_from_stats(real_stats, extractor.stats(doubled(pooled))))
+            spread = (f" ± {entry['one_step_fvd_std']:.1f} over {len(fvds)} noise draws "
+                      f"(pooled {entry['one_step_fvd_pooled']:.1f})")
         results["runs"][run] = entry
-        spread = f" ± {entry['one_step_fvd_std']:.1f} over {len(fvds)} noise draws (pooled {entry['one_step_fvd_pooled']:.1f})" \
-            if len(fvds) > 1 else ""
-        print(f"{run} ({phase}, step {step}): 1-step FVD vs real {entry['one_step_fvd']:.1f}{spread}; sharpness / real "
-              f"{ratios['sharpness_ratio']:.3f}, motion / real {ratios['motion_ratio']:.3f}; PSNR to the real clip "
-              f"{psnr:.2f} dB")
+        print(f"{run} ({phase}, step {step}): 1-step FVD vs real {entry['one_step_fvd']:.1f}{spread}; {describe(entry)}")
     if args.sheet:
         contact_sheet(sheet_rows, args.sheet)
     if args.out:

@@ -112,8 +112,9 @@ def test_unknown_key_in_experiment_config(tmp_path, section):
     assert_one_line_error(run_cli("mvd_jax.tables", "--configs", str(cfg)), "unknown", key)
 
 
-@pytest.mark.parametrize("key", ["recon_weight", "adversarial_weight", "r1_gamma"])
-def test_negative_adversarial_weights_are_refused(key):
+@pytest.mark.parametrize("key, value", [("recon_weight", -0.5), ("adversarial_weight", -0.5), ("r1_gamma", -0.5),
+                                        ("d_warmup_steps", -1)])
+def test_negative_adversarial_weights_are_refused(key, value):
     import ml_collections
 
     from mvd_jax.models.unet_config import UNetConfig
@@ -122,7 +123,7 @@ def test_negative_adversarial_weights_are_refused(key):
     c = ml_collections.ConfigDict()
     c.name, c.frames, c.height, c.width = "x", 2, 64, 64
     c.model = UNetConfig().to_dict()
-    c.adversarial = {key: -0.5}
+    c.adversarial = {key: value}
     with pytest.raises(UserError, match=f"adversarial.{key} must be ≥ 0"):
         resolve(c)
 

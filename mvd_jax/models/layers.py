@@ -96,7 +96,8 @@ class Conv(nnx.Module):
                 and all(p == (0, 0) for p in self.padding):
             # A 1×1 convolution is a product over channels; as a matmul XLA:CPU runs it at its matmul rate
             # (the convolution kernel was slower on the res-blocks' shortcut shapes). Same numbers.
-            return jnp.matmul(x, self.kernel[...].reshape(cin, cout).astype(x.dtype)) + self.bias[...].astype(x.dtype)
+            kernel = self.kernel[...].reshape(cin, cout).astype(x.dtype)
+            return jnp.matmul(x, kernel) + self.bias[...].astype(x.dtype)
         spec = "N" + "DHW"[-n:] + "C"
         dn = jax.lax.conv_dimension_numbers(x.shape, self.kernel.shape, (spec, "DHW"[-n:] + "IO", spec))
         y = jax.lax.conv_general_dilated(

@@ -186,8 +186,8 @@ def build_adversarial_programs(cfg, unet_abstract, mesh, encode, opt_state_shard
                   & tree_finite(params) & tree_finite(d_params))
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, {**state, "step": step + 1})
         new["skipped"] = state["skipped"] + (~finite).astype(jnp.int32)
-        metrics = {"loss": g_loss, "grad_norm": grad_norm, "lr": jnp.where(g_on, schedule(jnp.maximum(step - a.d_warmup_steps, 0)), 0.0),
-                   "finite": finite,
+        g_lr = jnp.where(g_on, schedule(jnp.maximum(step - a.d_warmup_steps, 0)), 0.0)  # G's schedule starts late
+        metrics = {"loss": g_loss, "grad_norm": grad_norm, "lr": g_lr, "finite": finite,
                    "d_loss": d_loss, "d_grad_norm": d_grad_norm, "hinge": d_aux["hinge"], "r1": d_aux["r1"], "d_accuracy": d_aux["accuracy"],
                    "g_adversarial": g_aux["adversarial"], "reconstruction": g_aux["reconstruction"],
                    "sigma_mean": jnp.mean(sigma)}
