@@ -325,7 +325,7 @@ def main(argv):
         if F.fast.value:
             jax.config.update("jax_exec_time_optimization_effort", -1.0)
         from mvd_jax.config import validate
-        from mvd_jax.train.compile_report import format_report
+        from mvd_jax.train.compile_report import format_attention, format_report
 
         if F.config.value is None:
             raise UserError("--config is required")
@@ -344,6 +344,9 @@ def main(argv):
         sys.exit(2)
 
     status = 0
+    print(format_attention(report["attention"]))
+    if report.get("pallas_kernel_calls"):
+        print(f"  the compiled program holds {report['pallas_kernel_calls']} Pallas TPU kernel calls")
     if n:
         print(format_report(report, devices=report["devices"]))
         print(f"step FLOPs (jaxpr, paper convention, whole batch): {report['jaxpr_flops_per_step'] / 1e12:.4g} T; "

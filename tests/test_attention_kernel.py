@@ -1,6 +1,10 @@
-"""The CPU attention form (models/attention_kernel.py) against a float64 NumPy softmax attention, on shapes
-that take each of its three paths (whole batch at once, batch chunks in a loop, per element with head and
-query-row blocks), plus gradients, bfloat16 and the implementation switch."""
+"""The attention forms of models/attention_kernel.py against a float64 NumPy softmax attention (forward and
+gradients): the CPU form on shapes that take each of its three paths (whole batch at once, batch chunks in a
+loop, per element with head and query-row blocks), the Pallas TPU kernel in Pallas' TPU interpret mode
+(padded, multi-block and sharded), XLA's form; plus bfloat16, the per-platform choice, and the form as a
+static part of a model's graph (a trace under one form is never reused under another)."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +20,22 @@ def reference(q, k, v, scale):
     p = np.exp(logits)
     p /= p.sum(-1, keepdims=True)
     return np.einsum("bnts,bsnd->btnd", p, v)
+
+
+def reference_grads(q, k, v, w, scale):
+    """float64 (dq, dk, dv) of sum(attention(q, k, v) · w): dV = Pᵀ W, dP = W Vᵀ, dL = P ⊙ (dP − rowsum(dP ⊙ P)),
+    dq = scale·dL k, dk = scale·dLᵀ q."""
+    q, k, v, w = (np.asarray(x, np.float64) for x in (q, k, v, w))
+    logits = np.einsum("btnd,bsnd->bnts", q, k) * scale
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    dv = np.einsum("bnts,btnd->bsnd", p, w)
+    dp = np.einsum("btnd,bsnd->bnts", w, v)
+    dl = p * (dp - np.sum(dp * p, axis=-1, keepdims=True))
+    return (scale * np.einsum("bnts,bsnd->btnd", dl, k), scale * np.einsum("bnts,btnd->bsnd", dl, q), dv)
+
+
+BLOCKED, XLA = ak.AttentionForm("blocked"), ak.AttentionForm("xla")
 
 
 def rel(a, b):
@@ -52,12 +72,12 @@ def test_blocked_equals_float64_reference(monkeypatch, name, budget, shape, scal
     b, t, s, n, d = shape
     scale = 1 / 8 if scale_kind == "power of two" else 40 ** -0.5  # q scaled exactly vs logits scaled
     q, k, v = inputs(b, t, s, n, d, seed=hash((name, scale_kind)) % 1000)
-    with ak.implementation("blocked"):
-        fn = jax.jit(lambda q, k, v: ak.dot_product_attention(q, k, v, scale))
-        out = fn(q, k, v)
-        loops = traced_loops(lambda q, k, v: ak.dot_product_attention(q, k, v, scale), q, k, v)
+    fn = lambda q, k, v: ak.dot_product_attention(q, k, v, scale, BLOCKED)  # noqa: E731
+    out = jax.jit(fn)(q, k, v)
+    loops = traced_loops(fn, q, k, v)
     assert out.shape == (b, t, n, d)
     assert rel(out, reference(q, k, v, scale)) < 2e-6
+    assert rel(ak.dot_product_attention(q, k, v, scale, XLA), reference(q, k, v, scale)) < 2e-6
     # the path taken is the one named (a budget change that silently takes another path fails here)
     assert loops == {"whole batch": 0, "batch chunks": 1, "element, row blocks": 1 + n,
                      "element, one block": 1, "cross-attention, 1 key": 0}[name]
@@ -71,19 +91,17 @@ def test_gradients_equal_autodiff_of_xla_form(monkeypatch, name, budget, shape):
     q, k, v = inputs(b, t, s, n, d, seed=len(name), spread=1.5)
     w = jnp.asarray(np.random.default_rng(6).standard_normal((b, t, n, d)).astype(np.float32))
 
-    def loss(impl, scale):
-        def f(q, k, v):
-            with ak.implementation(impl):
-                return jnp.sum(ak.dot_product_attention(q, k, v, scale) * w)
+    def loss(form, scale):
+        f = lambda q, k, v: jnp.sum(ak.dot_product_attention(q, k, v, scale, form) * w)  # noqa: E731
         return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))
 
     for scale in (0.125, 0.3):  # q scaled, logits scaled
-        (lb, gb), (lx, gx) = loss("blocked", scale)(q, k, v), loss("xla", scale)(q, k, v)
+        (lb, gb), (lx, gx) = loss(BLOCKED, scale)(q, k, v), loss(XLA, scale)(q, k, v)
         assert abs(float(lb - lx)) <= 1e-5 * abs(float(lx))
-        for a, ref in zip(gb, gx):
+        for a, ref, ref64 in zip(gb, gx, reference_grads(q, k, v, w, scale)):
             assert a.shape == ref.shape
             if np.any(ref):
-                assert rel(a, ref) < 1e-5
+                assert rel(a, ref) < 1e-5 and rel(a, ref64) < 1e-5 and rel(ref, ref64) < 1e-5
             else:  # dq with a single key: the softmax is constant
                 assert np.max(np.abs(a)) < 1e-6
 
@@ -97,8 +115,7 @@ def test_backward_stores_no_probabilities(monkeypatch):
 
     def temp_bytes(vjp):
         def f(q, k, v):
-            with ak.implementation("blocked"):
-                return jnp.sum(ak.dot_product_attention(q, k, v, 0.25) if vjp else ak._blocked.fun(q, k, v, 0.25))
+            return jnp.sum(ak.dot_product_attention(q, k, v, 0.25, BLOCKED) if vjp else ak._blocked.fun(q, k, v, 0.25))
         return jax.jit(jax.grad(f, argnums=(0, 1, 2))).lower(q, k, v).compile().memory_analysis().temp_size_in_bytes
 
     assert temp_bytes(vjp=False) > probs_bytes  # autodiff of the loops saves every block's probabilities
@@ -107,8 +124,7 @@ def test_backward_stores_no_probabilities(monkeypatch):
 
 def test_bfloat16_keeps_float32_softmax():
     q, k, v = inputs(2, 16, 16, 2, 64, seed=7, dtype=jnp.bfloat16, spread=1.0)
-    with ak.implementation("blocked"):
-        out = jax.jit(lambda q, k, v: ak.dot_product_attention(q, k, v, 0.125))(q, k, v)
+    out = jax.jit(lambda q, k, v: ak.dot_product_attention(q, k, v, 0.125, BLOCKED))(q, k, v)
     xla = jax.nn.dot_product_attention(q, k, v, scale=0.125)
     assert out.dtype == jnp.bfloat16
     ref = reference(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), 0.125)
@@ -116,17 +132,103 @@ def test_bfloat16_keeps_float32_softmax():
     assert rel(out, ref) < 1e-2 and rel(out, ref) < 1.5 * rel(xla, ref) + 1e-3
 
 
-def test_implementation_switch_and_errors():
+# ---- the Pallas TPU kernel, run by Pallas' TPU interpreter on this CPU --------------------------------------
+# (q tokens, k tokens, heads, head width): padded to 128-token tiles with masked keys (200 → 256, 300 → 384 in
+# three 128-blocks: the online softmax across key blocks), a cross-attention with T ≠ S, an exact tile.
+KERNEL_SHAPES = [(200, 200, 3, 32), (130, 300, 2, 16), (128, 128, 1, 64)]
+
+
+def _interpret(fn):
+    from jax.experimental.pallas import tpu as pltpu
+
+    @functools.wraps(fn)
+    def run(*args):
+        with pltpu.force_tpu_interpret_mode():
+            return fn(*args)
+    return run
+
+
+@pytest.mark.parametrize("t,s,n,d", KERNEL_SHAPES, ids=[f"q{t}_k{s}_h{n}_d{d}" for t, s, n, d in KERNEL_SHAPES])
+def test_pallas_tpu_kernel_equals_float64_reference(t, s, n, d):
+    """Forward and gradients of the kernel path (layout, padding and masking, block sizes, its own
+    recomputing backward) against float64, batch 2, with a non-power-of-two scale."""
+    q, k, v = inputs(2, t, s, n, d, seed=t + s, spread=1.5)
+    w = jnp.asarray(np.random.default_rng(t).standard_normal((2, t, n, d)).astype(np.float32))
+    scale = 0.7 / np.sqrt(d)
+    f = lambda q, k, v: ak.pallas_tpu_attention(q, k, v, scale)  # noqa: E731
+    out, vjp = _interpret(lambda q, k, v: jax.vjp(f, q, k, v))(q, k, v)
+    grads = _interpret(vjp)(w)
+    assert out.shape == (2, t, n, d)
+    assert rel(out, reference(q, k, v, scale)) < 2e-6
+    for g, ref in zip(grads, reference_grads(q, k, v, w, scale)):
+        assert g.shape == ref.shape and rel(g, ref) < 2e-5
+
+
+def test_pallas_tpu_kernel_under_shard_map_on_a_mesh():
+    """The kernel inside `shard_map` on a mesh (the trainer's axes; the batch over data × fsdp, heads over
+    tensor): the same numbers, and the program holds the shard_map."""
+    from jax.sharding import Mesh
+
+    mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+    form = ak.form_for_mesh("pallas_tpu", mesh)
+    q, k, v = inputs(2, 256, 256, 2, 32, seed=3, spread=1.5)
+    fn = jax.jit(lambda q, k, v: ak.dot_product_attention(q, k, v, 0.125, form))
+    assert "shard_map" in str(jax.make_jaxpr(fn)(q, k, v))
+    with ak.recording() as forms:
+        out = _interpret(fn)(q, k, v)
+    assert [f["form"] for f in forms] == ["pallas_tpu"]
+    assert rel(out, reference(q, k, v, 0.125)) < 2e-6
+
+
+def test_choice_per_platform_shape_and_dtype():
+    shape = lambda t, s, d=64, dtype=jnp.bfloat16: (jax.ShapeDtypeStruct((2, t, 5, d), dtype),  # noqa: E731
+                                                      jax.ShapeDtypeStruct((2, s, 5, d), dtype))
+    tpu, gpu, cpu = (ak.AttentionForm("auto", platform=p) for p in ("tpu", "gpu", "cpu"))
+    # TPU: the kernel for SVD's spatial self-attention (576 → 640 padded), XLA for the temporal attention over
+    # 14 frames, the 1-token cross-attention and a length that padding would inflate by > 25 % (CLIP's 257)
+    for t in (2048, 9216, 2304, 576, 128):
+        assert ak.choose(tpu, *shape(t, t)) == "pallas_tpu", t
+    assert ak.choose(tpu, *shape(14, 14)) == ak.choose(tpu, *shape(2048, 1)) == "xla"
+    assert ak.choose(tpu, *shape(257, 257)) == "xla" and ak.choose(tpu, *shape(2048, 2048, d=160)) == "xla"
+    # GPU: cuDNN for bf16/fp16 with more than one key and head width ≤ 128; XLA for float32, 1 key, d > 128
+    assert ak.choose(gpu, *shape(2048, 2048)) == ak.choose(gpu, *shape(14, 14, dtype=jnp.float16)) == "cudnn"
+    assert ak.choose(gpu, *shape(2048, 2048, dtype=jnp.float32)) == "xla"
+    assert ak.choose(gpu, *shape(2048, 1)) == "xla" and ak.choose(gpu, *shape(64, 64, d=256)) == "xla"
+    # CPU: the blocked loops; forced forms are taken as given ("pallas_tpu"/"cudnn" with their fallbacks)
+    assert ak.choose(cpu, *shape(2048, 2048)) == "blocked"
+    assert ak.choose(XLA.replace(platform="tpu"), *shape(2048, 2048)) == "xla"
+    assert ak.choose(ak.AttentionForm("cudnn"), *shape(2048, 1)) == "xla"
+    # attention differentiated twice (the discriminator's R1) never gets a kernel without second derivatives
+    assert tpu.for_second_derivatives().implementation == gpu.for_second_derivatives().implementation == "xla"
+    assert cpu.for_second_derivatives().implementation == "blocked"
+
+
+def test_form_is_part_of_the_traced_model():
+    """A jitted function of a model is traced again when its attention form changes: the trace made under
+    the blocked form is not reused under XLA's (the form is static in the model's graph definition)."""
+    from flax import nnx
+
+    from mvd_jax.models.attention import Attention
+
+    model = Attention(16, heads=2, dim_head=8, rngs=nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 24, 16)).astype(np.float32))
+    fn = nnx.jit(lambda m, x: m(x))
+    outs = {}
+    for name in ("blocked", "xla", "blocked"):
+        ak.set_form(model, ak.AttentionForm(name))
+        assert ak.forms_in(model) == {ak.AttentionForm(name)}
+        with ak.recording() as forms:
+            outs.setdefault(name, []).append(fn(model, x))
+        # traced anew for a form not seen before (a reused trace records nothing), from the cache otherwise
+        assert [f["form"] for f in forms] == ([name] if len(outs[name]) == 1 else [])
+    assert rel(outs["xla"][0], outs["blocked"][0]) < 1e-6
+    with pytest.raises(TypeError):
+        ak.set_form(model, "xla")
+
+
+def test_errors():
     q, k, v = inputs(2, 8, 8, 1, 4, seed=8)
-    with ak.implementation("xla"):
-        assert ak.current_implementation() == "xla"
-        assert traced_loops(lambda q, k, v: ak.dot_product_attention(q, k, v, 0.5), q, k, v) == 0
-        with ak.implementation("blocked"):
-            assert ak.current_implementation() == "blocked"
-        assert ak.current_implementation() == "xla"  # restored on exit
-    assert ak.current_implementation() == ("blocked" if jax.default_backend() == "cpu" else "xla")
     with pytest.raises(ValueError, match="one of"):
-        with ak.implementation("flash"):
-            pass
+        ak.AttentionForm("flash")
     with pytest.raises(ValueError, match="attention shapes"):
         ak.dot_product_attention(q, k[:, :, :, :2], v, 0.5)

@@ -68,7 +68,11 @@ def test_cli_reports_and_refuses_bad_topologies(tmp_path):
                         env=env, capture_output=True, text=True, timeout=900)
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "per device (of 2)" in ok.stdout and "step FLOPs" in ok.stdout
-    assert json.loads(out.read_text())["mesh"] == {"data": 2, "fsdp": 1, "tensor": 1}
+    report = json.loads(out.read_text())
+    assert report["mesh"] == {"data": 2, "fsdp": 1, "tensor": 1}
+    # a step for CPU devices computes attention in the CPU's blocked form (models/attention_kernel.py)
+    assert {a["form"] for a in report["attention"] if a["k"][1] > 1} == {"blocked"}
+    assert report["pallas_kernel_calls"] == 0
 
 
 # ---- TPU topologies compiled for on this CPU host (libtpu describes them; nothing runs on a TPU) ------------
@@ -106,8 +110,14 @@ def test_tpu_v5e_compile_reports_memory_flops_and_step_time(v5e_fsdp4):
     # XLA's per-chip count × 4 and the paper-convention jaxpr count describe the same step
     assert 0.7 < r["flops"] * 4 / r["jaxpr_flops_per_step"] < 1.6
     for text in ("per-chip memory", "arguments", "temporaries", "of 16 GiB", "TFLOP per chip",
-                 "predicted step time", "40 % of bf16 peak", "FITS"):
+                 "predicted step time", "40 % of bf16 peak", "FITS", "pallas_tpu q (16, 128, 2, 16)"):
         assert text in proc.stdout, text
+    # train.attention=auto on a TPU target: the spatial self-attention (8×16 = 128 latent tokens per frame)
+    # runs the Pallas flash kernel — the compiled program holds its Mosaic custom calls (forward, and the
+    # backward's dK/dV and dQ kernels) — and the temporal attention over 4 frames stays on XLA's form
+    forms = {(tuple(a["q"]), a["form"]) for a in r["attention"]}
+    assert forms == {((16, 128, 2, 16), "pallas_tpu"), ((512, 4, 2, 16), "xla")}, forms
+    assert r["pallas_kernel_calls"] >= 3
 
 
 @needs_libtpu
@@ -115,9 +125,11 @@ def test_tpu_memory_grows_when_fsdp_shrinks_and_the_knob_is_named(v5e_fsdp4, tmp
     _, fsdp4 = v5e_fsdp4
     assert fsdp4 is not None
     # the same step, data-parallel only, against a chip the size of the FSDP plan: it no longer fits
+    # (with attention forced to XLA's form: the compiled program then holds no Pallas kernel)
     proc, data4 = _tpu_cli(tmp_path, "data4", "--config.mesh.data=4", "--config.mesh.fsdp=1",
-                           f"--hbm_gib={fsdp4['total_bytes'] / GIB}")
+                           f"--hbm_gib={fsdp4['total_bytes'] / GIB}", "--config.train.attention=xla")
     assert proc.returncode == 3, proc.stderr[-3000:]
+    assert {a["form"] for a in data4["attention"]} == {"xla"} and data4["pallas_kernel_calls"] == 0
     # parameters, EMA and both Adam moments are replicated instead of split four ways
     assert data4["argument_bytes"] > 2 * fsdp4["argument_bytes"]
     assert data4["total_bytes"] > fsdp4["total_bytes"] and not data4["fits"]
@@ -136,6 +148,9 @@ def test_tpu_slices_and_compiler_oom_messages():
     msg = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space hbm. Used 20.50G "
            "of 15.75G hbm. Exceeded hbm capacity by 4.75G.")
     assert parse_hbm_oom(msg) == (20.5 * GIB, 15.75 * GIB) and parse_hbm_oom("INTERNAL: something else") is None
+    msg = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (22.46G) "
+           "exceeds available HBM (15.75G).")
+    assert parse_hbm_oom(msg) == (22.46 * GIB, 15.75 * GIB)
     # which knob comes first follows which part of the plan is large
     report = {"mesh": {"data": 8, "fsdp": 1, "tensor": 1}, "devices": 8, "batch_size": 8, "grad_accum": 1,
               "remat": False, "dtype": "float32", "argument_bytes": 12 * GIB, "temp_bytes": 6 * GIB}
@@ -159,34 +174,23 @@ def test_tpu_plan_only_sizes_the_train_state_without_compiling(tmp_path):
     assert proc.returncode == 3 and r["fits"] is False and "DOES NOT FIT" in proc.stdout
 
 
-ATTENTION_SCRIPT = """
-import json, sys
-from mvd_jax.config import load_config
-from mvd_jax.models import attention_kernel as ak
-from mvd_jax.train.aot import compile_train_step
-from mvd_jax.train_compile import compile_for_tpu, parse_tpu
-traced = []
-blocked = ak._blocked
-def spy(*args):
-    traced.append(1)
-    return blocked(*args)
-ak._blocked = spy
-cfg = load_config(sys.argv[1]); cfg.train.batch_size = 4; cfg.mesh.data, cfg.mesh.fsdp = 1, 4
-compile_for_tpu(cfg, parse_tpu("v5e:2x2"), compile=False)
-tpu = len(traced)
-cfg = load_config(sys.argv[1]); cfg.train.batch_size = 1; cfg.mesh.data, cfg.mesh.fsdp = 1, 1
-compile_train_step(cfg, compile=False)
-print(json.dumps({"tpu": tpu, "cpu": len(traced) - tpu}))
-"""
-
-
 @needs_libtpu
-def test_tpu_step_keeps_xla_attention_while_cpu_step_uses_the_blocked_form():
-    """The step traced for a TPU target (from this CPU host) uses XLA's batched attention, not the CPU loops
-    of models/attention_kernel.py; the same step traced for this host's CPU devices uses the loops."""
+def test_one_attention_on_v5e_xla_form_vs_pallas_kernel(tmp_path):
+    """bench/tpu_attention_aot.py at 512×256's top level (2048 tokens, 5 heads × 64, one 14-frame clip per
+    chip, v5e:2x2): the flash kernel's temporaries per chip are a small fraction of XLA's form, forward and
+    forward + backward (at 1024×576 XLA's form does not fit v5e at all: bench/results/tpu_attention_aot.json)."""
+    out = tmp_path / "attention.json"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), XLA_FLAGS="", ALLOW_MULTIPLE_LIBTPU_LOAD="1")
-    proc = subprocess.run([sys.executable, "-c", ATTENTION_SCRIPT, CONFIG], env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "tpu_attention_aot.py"), "--tokens=2048",
+                           f"--out={out}"], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    counts = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert counts["tpu"] == 0 and counts["cpu"] > 0, counts
+    r = json.loads(out.read_text())["results"]
+    for part in ("forward", "forward_backward"):
+        xla, kernel = r["xla"][part], r["pallas_tpu"][part]
+        assert xla["forms"] == ["xla"] and kernel["forms"] == ["pallas_tpu"]
+        assert xla["pallas_kernel_calls"] == 0 and kernel["pallas_kernel_calls"] >= (1 if part == "forward" else 3)
+        # XLA's form holds the float32 scores (14 frames × 5 heads × 2048² × 4 B = 1.1 GiB per clip); the kernel
+        # keeps only 128 × 128 tiles (measured: 0.03 vs 1.09 GiB forward; 0.48 vs 1.64 GiB with the backward,
+        # whose kernel saves per-row softmax statistics padded to 128 lanes)
+        assert xla["temp_bytes"] > 14 * 5 * 2048 ** 2 * 4, part
+        assert kernel["temp_bytes"] < xla["temp_bytes"] / (10 if part == "forward" else 3), part

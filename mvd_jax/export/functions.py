@@ -38,6 +38,7 @@ from flax import nnx
 
 from mvd_jax.diffusion import edm
 from mvd_jax.errors import UserError
+from mvd_jax.models import attention_kernel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +109,13 @@ class ExportFunction:
 
 
 def _split(module):
-    """(rebuild(params) → module, params as a list of float32 NumPy arrays)."""
+    """(rebuild(params) → module, params as a list of float32 NumPy arrays). The rebuilt module computes
+    attention in XLA's batched form (BATCH_MATMUL, SOFTMAX on the phone): never the CPU form's loops, which
+    would become TFLite WHILE loops, nor an accelerator kernel's custom call. The form is part of the
+    graph definition, so every trace of the function — the JAX reference, the TFLite conversion — sees it."""
     graphdef, state = nnx.split(module)
+    copy = attention_kernel.set_form(nnx.merge(graphdef, state), attention_kernel.XLA)  # same arrays, not copied
+    graphdef, state = nnx.split(copy)
     leaves, treedef = jax.tree.flatten(state)
     params = [np.asarray(leaf, np.float32) for leaf in leaves]
     return (lambda p: nnx.merge(graphdef, jax.tree.unflatten(treedef, list(p)))), params

@@ -28,7 +28,6 @@ from pathlib import Path
 from mvd_jax.export import ExportError
 from mvd_jax.export.functions import ExportFunction
 from mvd_jax.export.verify import Report, install_verified
-from mvd_jax.models import attention_kernel
 
 PRECISIONS = ("fp32", "fp16", "int8")
 TFLITE_2GB = 2**31 - 1
@@ -57,10 +56,8 @@ def concrete_function(f: ExportFunction):
         return converted(module.params, *args)
 
     module.serve = serve
-    # Phones get the plain attention graph (BATCH_MATMUL, SOFTMAX), not the CPU loop form
-    # (models/attention_kernel.py) that a TFLite WHILE would carry to the device.
-    with attention_kernel.implementation("xla"):
-        return module, serve.get_concrete_function()
+    # Attention is traced in XLA's batched form: export/functions.py builds every function's module with it.
+    return module, serve.get_concrete_function()
 
 
 def weight_bytes(f: ExportFunction, precision: str) -> int:

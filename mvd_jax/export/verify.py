@@ -21,6 +21,9 @@ message instead of killing the exporting process.
 
 The op census reads the flatbuffer itself (operator codes of every subgraph): a Flex op (a TensorFlow
 kernel, `FlexXxx`) or any other custom op is refused — phones and AI Hub's TFLite runtime run builtins.
+So is control flow (WHILE, IF) and DYNAMIC_UPDATE_SLICE, what a JAX loop writing its results becomes:
+a phone NPU runs straight-line graphs, and none of the exported functions needs a loop (attention is
+exported in XLA's batched form, models/attention_kernel.py).
 """
 from __future__ import annotations
 
@@ -96,6 +99,14 @@ def io_names(model) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
 
     return (named(sg.Inputs(i) for i in range(sg.InputsLength())),
             named(sg.Outputs(i) for i in range(sg.OutputsLength())))
+
+
+CONTROL_FLOW_OPS = ("WHILE", "IF", "DYNAMIC_UPDATE_SLICE")
+
+
+def control_flow_ops(census) -> list[str]:
+    """The census entries that are loops, conditionals or a loop's result writes."""
+    return sorted(op for op in census if op in CONTROL_FLOW_OPS)
 
 
 def non_builtin_ops(census) -> list[str]:
@@ -217,6 +228,11 @@ def check_model(model_path, f, precision: str, *, tolerance: float | None = None
     if bad:
         raise ExportError(f"{f.name} {precision}: non-builtin ops {bad} in the TFLite graph; phones run "
                           "TFLite builtins only")
+    loops = control_flow_ops(report.census)
+    if loops:
+        raise ExportError(f"{f.name} {precision}: control flow {', '.join(f'{op}×{report.census[op]}' for op in loops)} "
+                          "in the TFLite graph; phone NPUs run straight-line graphs (was attention traced in a "
+                          "loop form? export/functions.py builds XLA's)")
     t0 = time.perf_counter()
     input_sets = [f.sample_inputs(seed)] + ([f.real_inputs] if f.real_inputs is not None else [])
     got_sets = run_litert_sets(model_path, input_sets)

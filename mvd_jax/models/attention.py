@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mvd_jax.models.attention_kernel import dot_product_attention
+from mvd_jax.models.attention_kernel import AttentionForm, dot_product_attention
 from mvd_jax.models.layers import Identity, LayerNorm, Linear, param
 from mvd_jax.models.low_rank import LowRankLinear, low_rank_width
 
@@ -52,6 +52,9 @@ class Attention(nnx.Module):
             self.funnel_o = param(rngs, he(funnel_dim), (heads, funnel_dim, dim_head), ("heads", None, None))
         else:
             self.funnel_q = self.funnel_k = self.funnel_v = self.funnel_o = None
+        # How softmax(q kᵀ) v is computed (CPU loops, XLA, the TPU kernel, cuDNN): a static attribute, so
+        # jitted functions of the model are traced again when it changes (attention_kernel.set_form).
+        self.attention_form = AttentionForm()
 
     def single_token(self, context):
         """Cross-attention to a 1-token context, collapsed (MobileVD's "optimized cross-attention").
@@ -74,7 +77,7 @@ class Attention(nnx.Module):
             funnel = lambda t, f: jnp.einsum("bnhd,hde->bnhe", t, f[...].astype(t.dtype))
             q, k, v = funnel(q, self.funnel_q), funnel(k, self.funnel_k), funnel(v, self.funnel_v)
         # softmax(q kᵀ · scale) v, the same math as torch's scaled_dot_product_attention.
-        out = dot_product_attention(q, k, v, self.scale)
+        out = dot_product_attention(q, k, v, self.scale, self.attention_form)
         if self.funnel_o is not None:
             out = jnp.einsum("bnhe,hed->bnhd", out, self.funnel_o[...].astype(out.dtype))
         return self.to_out[0](out.reshape(b, n, -1))

@@ -1,30 +1,53 @@
-"""softmax(q kᵀ · scale) v for (batch, tokens, heads, head_dim) arrays, with a CPU form that keeps the scores small.
+"""softmax(q kᵀ · scale) v for (batch, tokens, heads, head_dim) arrays, in the form each platform wants.
 
-`jax.nn.dot_product_attention` (XLA implementation) forms the whole (batch, heads, queries, keys) float32
-score tensor, runs the softmax over it in memory-bound passes and transposes it for the second product.
-At SVD's top level (14 frames × 5 heads × 2048² scores = 1.1 GiB) that is ~7× slower on this repo's 2-core
-CPU than PyTorch's fused kernel (bench/README.md "Attention"). On accelerators XLA fuses attention
-well, and TPU training should keep its one big batched product; on CPU the "blocked" form below wins:
+Which form runs is an `AttentionForm`: a frozen (hashable) value that every attention layer of the models
+holds as a static attribute (`attention_form`), set with `set_form(model, form)`. Static attributes are
+part of an NNX module's graph definition, so a jitted function of the model — `nnx.jit`, or `jax.jit`
+over `nnx.split`'s graphdef as the trainer does — is traced again when the form changes: the choice is
+never read from global state at trace time, where JAX's trace caches cannot see it.
 
-- the batch is processed in chunks by `lax.map` (a loop), so each chunk's scores stay within a few MiB
+Forms (`AttentionForm.implementation`):
+- "xla": `jax.nn.dot_product_attention`'s XLA form: the whole (batch, heads, queries, keys) float32 score
+  tensor, batched products. What TFLite export traces (no control flow on the phone) and the fallback of
+  the accelerator forms.
+- "blocked": the CPU form below, which keeps the scores small (loops over batch chunks or row blocks).
+- "pallas_tpu": the Pallas TPU flash-attention kernel (`jax.experimental.pallas.ops.tpu.flash_attention`:
+  online softmax over key blocks in VMEM; its backward recomputes the probabilities), run per shard under
+  `jax.shard_map` over the mesh axes that split the batch (Mosaic kernels are not partitioned by XLA).
+  Applies where both sequences are long (≥ 128 tokens: SVD's spatial self-attention, 2048/512/128 tokens
+  at 512×256, 9216/2304/576 at 1024×576); lengths that are not a multiple of 128 are padded with masked
+  (segment-id) tokens when that wastes ≤ 25 % per axis (576 → 640), else XLA's form is used. Short
+  sequences — the temporal attention over 14 or 7 frames, the 1-token cross-attention — stay on XLA's
+  form: their scores are small, and the kernel's tiles are 128 tokens wide. The kernel has no second
+  derivative, so code that differentiates attention twice (the discriminator's R1 penalty) asks for XLA.
+- "cudnn": cuDNN's fused attention (`jax.nn.dot_product_attention(..., implementation="cudnn")`) where it
+  applies — bf16/fp16, head width ≤ 128, more than one key (cuDNN refuses the 1-token cross-attention in
+  the backward pass: "Unsupported sequence length Q 2048, KV 1") — XLA's form otherwise; float32 stays
+  on XLA.
+- "auto": by the target platform (`AttentionForm.platform`, default: JAX's default backend when traced):
+  cpu → blocked, tpu → pallas_tpu, gpu → cudnn, each with the fallbacks above.
+`choose(form, q, k)` is the per-call decision; `recording()` collects the decisions of a trace (the
+compile reports list the form of every distinct attention shape).
+
+The CPU form. `jax.nn.dot_product_attention` runs the softmax over the whole score tensor in
+memory-bound passes and transposes it for the second product; at SVD's top level (14 frames × 5 heads ×
+2048² scores = 1.1 GiB) that is ~7× slower on this repo's 2-core CPU than PyTorch's fused kernel
+(bench/README.md "Attention"). The "blocked" form:
+- processes the batch in chunks by `lax.map` (a loop), so each chunk's scores stay within a few MiB
   (in cache) instead of being written out and read back;
 - when one batch element's scores are already larger than that (long spatial sequences), the loop body
   takes the heads one by one and loops over blocks of query rows; each block's softmax is exact because a
   row's softmax only needs its own keys;
-- products are laid out (heads, queries, head_dim) so neither product needs the scores transposed;
-- its gradient (a custom VJP) runs the same loops and recomputes each block's probabilities, as flash
-  attention does, instead of saving every block's (queries × keys) probabilities for the backward pass.
-
+- lays products out (heads, queries, head_dim) so neither product needs the scores transposed;
+- has a gradient (a custom VJP) that runs the same loops and recomputes each block's probabilities, as
+  flash attention does, instead of saving every block's (queries × keys) probabilities.
 The arithmetic is the same as the XLA form (float32 logits and softmax, probabilities cast to v's dtype
 before the second product); results agree to float32 rounding (tests/test_attention_kernel.py).
-
-`implementation(name)` selects the form for code traced inside it: "auto" (blocked when JAX's default
-backend is the CPU, XLA's otherwise), "blocked" or "xla". Compiling for a TPU from a CPU host
-(mvd_jax/train_compile.py) must say "xla", since the default backend there is the CPU.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 
@@ -32,44 +55,208 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-IMPLEMENTATIONS = ("auto", "blocked", "xla")
-_implementation = "auto"
+IMPLEMENTATIONS = ("auto", "blocked", "xla", "pallas_tpu", "cudnn")
+_AUTO = {"cpu": "blocked", "tpu": "pallas_tpu", "gpu": "cudnn", "cuda": "cudnn"}
 
-# Scores per loop iteration, in bytes of float32: small enough to stay in a core's L2/L3 share, large
-# enough that the per-iteration overhead of the loop (tens of µs) is amortised. Measured on the bench
-# shapes (bench/README.md); 1–16 MiB differ by < 30 %.
+# Scores per loop iteration of the blocked form, in bytes of float32: small enough to stay in a core's
+# L2/L3 share, large enough that the per-iteration overhead of the loop (tens of µs) is amortised.
+# Measured on the bench shapes (bench/README.md); 1–16 MiB differ by < 30 %.
 SCORE_BUDGET_BYTES = 4 << 20
+
+# The TPU kernel: tiles are multiples of 128 tokens (the lane width); shorter sequences stay on XLA, and
+# padding to the tile may waste at most this fraction per axis.
+TPU_TILE = 128
+TPU_MAX_PADDING = 0.25
+# Block sizes tried from large to small: 512-token blocks keep the MXU busy with (512 × 64) · (64 × 512)
+# products and the per-block VMEM small ((512 + 2·512) × 64 bf16 + a 512² float32 tile ≈ 1.2 MiB); a
+# sequence that 512 does not divide takes 256 or 128 (SVD: 2048 → 512, 9216 → 512, 2304 → 256, 576 → 128
+# after padding to 640). Chosen for the SVD shapes, not tuned on hardware (no TPU here).
+TPU_BLOCKS = (512, 256, 128)
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionForm:
+    """How attention is computed; a static attribute of every attention layer (see the module docstring).
+
+    mesh, batch_axes, head_axis: where the arrays live, for the Pallas kernel's `shard_map` — the batch
+    dimension split over `batch_axes` (those of the mesh's axes that exist), heads over `head_axis` when it
+    divides them. Without a mesh the kernel runs on the whole array (one device, or the abstract mesh of
+    an enclosing `jax.sharding.use_mesh`).
+    """
+
+    implementation: str = "auto"
+    platform: str | None = None  # target of "auto": cpu | gpu | tpu; None: JAX's default backend
+    mesh: jax.sharding.Mesh | None = None
+    batch_axes: tuple[str, ...] = ("data", "fsdp")
+    head_axis: str | None = "tensor"
+
+    def __post_init__(self):
+        if self.implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"attention implementation must be one of {IMPLEMENTATIONS}, got "
+                             f"{self.implementation!r}")
+
+    def replace(self, **changes) -> "AttentionForm":
+        return dataclasses.replace(self, **changes)
+
+    def for_second_derivatives(self) -> "AttentionForm":
+        """This form with the kernels that have no second derivative (the Pallas TPU kernel, cuDNN: their
+        backward passes are custom calls) replaced by XLA's form — for attention that is differentiated
+        twice, like the discriminator's under its R1 penalty."""
+        impl = self.implementation
+        if impl == "auto":
+            impl = _AUTO.get(self.platform or jax.default_backend(), "xla")
+        return self.replace(implementation="xla" if impl in ("pallas_tpu", "cudnn") else impl)
+
+
+XLA = AttentionForm("xla")
+
+
+def set_form(model, form: AttentionForm):
+    """Sets `form` on every attention layer inside `model` (in place) and returns `model`."""
+    if not isinstance(form, AttentionForm):
+        raise TypeError(f"expected an AttentionForm, got {form!r}")
+    from flax import nnx
+
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Module) and hasattr(node, "attention_form"):
+            node.attention_form = form
+    return model
+
+
+def forms_in(model) -> set:
+    """The distinct forms held by the attention layers of `model`."""
+    from flax import nnx
+
+    return {node.attention_form for _, node in nnx.iter_graph(model)
+            if isinstance(node, nnx.Module) and hasattr(node, "attention_form")}
+
+
+def form_for_mesh(implementation: str, mesh, **kwargs) -> AttentionForm:
+    """The form for a step that runs on `mesh` (whose devices name the target platform — a TPU topology
+    described on a CPU host included)."""
+    platform = next(iter(mesh.devices.flat)).platform
+    return AttentionForm(implementation, platform=platform, mesh=mesh, **kwargs)
+
+
+# ---- the per-call decision -------------------------------------------------------------------------
+def _padded(n: int) -> int:
+    return -(-n // TPU_TILE) * TPU_TILE
+
+
+def pallas_tpu_applies(q, k) -> bool:
+    t, s = q.shape[1], k.shape[1]
+    if min(t, s) < TPU_TILE or any(_padded(n) > (1 + TPU_MAX_PADDING) * n for n in (t, s)):
+        return False
+    d = q.shape[-1]
+    return d <= TPU_TILE or d % TPU_TILE == 0  # the kernel's requirement on the head width
+
+
+def cudnn_applies(q, k) -> bool:
+    return q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] <= 128 and k.shape[1] > 1
+
+
+def choose(form: AttentionForm, q, k) -> str:
+    """The form that runs for these arrays: "blocked", "xla", "pallas_tpu" or "cudnn"."""
+    impl = form.implementation
+    if impl == "auto":
+        impl = _AUTO.get(form.platform or jax.default_backend(), "xla")
+    if impl == "pallas_tpu" and not pallas_tpu_applies(q, k):
+        return "xla"
+    if impl == "cudnn" and not cudnn_applies(q, k):
+        return "xla"
+    return impl
+
+
+_records = None  # the list of an active `recording()`: (q shape, k shape, dtype, form) per traced call
 
 
 @contextlib.contextmanager
-def implementation(name: str):
-    """Use attention form `name` for everything traced inside the `with` block."""
-    global _implementation
-    if name not in IMPLEMENTATIONS:
-        raise ValueError(f"attention implementation must be one of {IMPLEMENTATIONS}, got {name!r}")
-    previous, _implementation = _implementation, name
+def recording():
+    """Collects the attention calls traced inside the block: a list of dicts (q, k shapes, dtype, form,
+    count), one per distinct call. For reports only — the choice itself never depends on it."""
+    global _records
+    previous, _records = _records, []
+    out = []
     try:
-        yield
+        yield out
     finally:
-        _implementation = previous
+        counts = {}
+        for entry in _records:
+            counts[entry] = counts.get(entry, 0) + 1
+        out.extend({"q": list(q), "k": list(k), "dtype": dtype, "form": form, "count": n}
+                   for (q, k, dtype, form), n in counts.items())
+        _records = previous
 
 
-def current_implementation() -> str:
-    if _implementation == "auto":
-        return "blocked" if jax.default_backend() == "cpu" else "xla"
-    return _implementation
-
-
-def dot_product_attention(q, k, v, scale: float):
+def dot_product_attention(q, k, v, scale: float, form: AttentionForm = AttentionForm()):
     """softmax(q kᵀ · scale) v; q (B, T, N, D), k and v (B, S, N, D) → (B, T, N, D)."""
     if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
         raise ValueError(f"attention shapes must be q (B, T, N, D), k = v (B, S, N, D); got {q.shape}, {k.shape}, "
                          f"{v.shape}")
-    if current_implementation() == "xla":
+    chosen = choose(form, q, k)
+    if _records is not None:
+        _records.append((tuple(q.shape), tuple(k.shape), str(q.dtype), chosen))
+    if chosen == "xla":
         return jax.nn.dot_product_attention(q, k, v, scale=scale)
+    if chosen == "cudnn":
+        return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="cudnn")
+    if chosen == "pallas_tpu":
+        return pallas_tpu_attention(q, k, v, scale, form)
     return _blocked(q, k, v, scale)
 
 
+# ---- TPU: the Pallas flash-attention kernel, per shard ----------------------------------------------
+def _block(n: int) -> int:
+    return next(b for b in TPU_BLOCKS if n % b == 0)
+
+
+def _flash(q, k, v, scale: float):
+    """The kernel on one shard: (B, T, N, D) arrays → heads-major (B, N, T, D), sequences padded to the
+    tile with masked tokens, and back."""
+    from jax.experimental.pallas.ops.tpu import flash_attention as fa
+
+    b, t, _, _ = q.shape
+    s = k.shape[1]
+    tp, sp = _padded(t), _padded(s)
+    heads_major = lambda x, n: jnp.pad(jnp.swapaxes(x, 1, 2), ((0, 0), (0, 0), (0, n - x.shape[1]), (0, 0)))
+    qh, kh, vh = heads_major(q, tp), heads_major(k, sp), heads_major(v, sp)
+    segments = None
+    if (tp, sp) != (t, s):  # real tokens are segment 0, padding 1: real queries never see padded keys
+        ids = lambda n, n_pad: jnp.broadcast_to((jnp.arange(n_pad) >= n).astype(jnp.int32), (b, n_pad))
+        segments = fa.SegmentIds(q=ids(t, tp), kv=ids(s, sp))
+    bq, bk = _block(tp), _block(sp)
+    blocks = fa.BlockSizes(block_q=bq, block_k_major=bk, block_k=bk, block_b=1,
+                           block_q_major_dkv=bq, block_k_major_dkv=bk, block_k_dkv=bk, block_q_dkv=bq,
+                           block_k_major_dq=bk, block_k_dq=bk, block_q_dq=bq)
+    out = fa.flash_attention(qh, kh, vh, segment_ids=segments, sm_scale=float(scale), block_sizes=blocks)
+    return jnp.swapaxes(out[:, :, :t], 1, 2)
+
+
+def pallas_tpu_attention(q, k, v, scale: float, form: AttentionForm = AttentionForm("pallas_tpu")):
+    """The Pallas TPU kernel under `shard_map`: each device runs it on its block of the batch (and of the
+    heads, when `form.head_axis` divides them). Without a mesh (in the form or the context) it runs on the
+    whole arrays. Runs on a CPU only inside `jax.experimental.pallas.tpu.force_tpu_interpret_mode()`."""
+    from jax.sharding import PartitionSpec as P
+
+    mesh = form.mesh
+    if mesh is None:
+        abstract = jax.sharding.get_abstract_mesh()
+        mesh = None if abstract.empty else abstract
+    if mesh is None:
+        return _flash(q, k, v, scale)
+    batch_axes = tuple(a for a in form.batch_axes if a in mesh.shape and mesh.shape[a] > 1)
+    if q.shape[0] % math.prod(mesh.shape[a] for a in batch_axes):
+        batch_axes = ()  # cannot split this batch evenly: every device runs the whole of it
+    head_axis = form.head_axis if form.head_axis in mesh.shape and mesh.shape[form.head_axis] > 1 else None
+    if head_axis and q.shape[2] % mesh.shape[head_axis]:
+        head_axis = None
+    spec = P(batch_axes or None, None, head_axis, None)
+    # check_vma=False: the kernel's custom call carries no varying-axes annotation for the checker
+    return jax.shard_map(functools.partial(_flash, scale=scale), mesh=mesh, in_specs=(spec, spec, spec),
+                         out_specs=spec, check_vma=False)(q, k, v)
+
+
+# ---- CPU: the blocked form ----------------------------------------------------------------------------
 def _probabilities(q, k, scale: float):
     """float32 softmax(scale · q kᵀ) of heads-major q (..., T, D) and k (..., S, D) → (..., T, S).
 

@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 
 from mvd_jax.errors import UserError
-from mvd_jax.models.attention_kernel import dot_product_attention
+from mvd_jax.models.attention_kernel import AttentionForm, dot_product_attention
 from mvd_jax.models.layers import LayerNorm, Linear, param
 
 # ---- config --------------------------------------------------------------------------------------
@@ -191,11 +191,13 @@ class CLIPAttention(nnx.Module):
         self.v_proj = Linear(d, d, axes=("embed", "heads"), rngs=rngs)
         self.q_proj = Linear(d, d, axes=("embed", "heads"), rngs=rngs)
         self.out_proj = Linear(d, d, axes=("heads", "embed"), rngs=rngs)
+        self.attention_form = AttentionForm()  # static (attention_kernel.set_form)
 
     def __call__(self, x):
         b, n, _ = x.shape
         split = lambda t: t.reshape(b, n, self.num_heads, self.head_dim)
-        out = dot_product_attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)), self.scale)
+        out = dot_product_attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)), self.scale,
+                                    self.attention_form)
         return self.out_proj(out.reshape(b, n, -1))
 
 

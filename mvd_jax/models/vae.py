@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mvd_jax.errors import UserError
-from mvd_jax.models.attention_kernel import dot_product_attention
+from mvd_jax.models.attention_kernel import AttentionForm, dot_product_attention
 from mvd_jax.models.layers import Conv, GroupNorm, Linear
 from mvd_jax.models.resnet import ResnetBlock2D, SpatioTemporalResBlock, Upsample2D
 
@@ -83,11 +83,12 @@ class VAEAttention(nnx.Module):
         self.to_k = Linear(channels, channels, axes=("embed", "heads"), rngs=rngs)
         self.to_v = Linear(channels, channels, axes=("embed", "heads"), rngs=rngs)
         self.to_out = nnx.List([Linear(channels, channels, axes=("heads", "embed"), rngs=rngs)])
+        self.attention_form = AttentionForm()  # static (attention_kernel.set_form)
 
     def __call__(self, x):
         n, h, w, c = x.shape
         t = self.group_norm(x).reshape(n, h * w, 1, c)  # one head of width c
-        out = dot_product_attention(self.to_q(t), self.to_k(t), self.to_v(t), c ** -0.5)
+        out = dot_product_attention(self.to_q(t), self.to_k(t), self.to_v(t), c ** -0.5, self.attention_form)
         return self.to_out[0](out.reshape(n, h, w, c)) + x
 
 

@@ -30,6 +30,7 @@ import optax
 
 from mvd_jax.diffusion import edm
 from mvd_jax.errors import UserError
+from mvd_jax.models import attention_kernel
 from mvd_jax.train import adversarial_loss as adv
 from mvd_jax.train import sharding as shd
 from mvd_jax.train.model_state import ParamCodec, ema_update, trainable_keys, tree_finite
@@ -88,6 +89,10 @@ def build_adversarial_programs(cfg, unet_abstract, mesh, encode, opt_state_shard
     dtype = jnp.bfloat16 if t.dtype == "bfloat16" else jnp.float32
     base_key = jax.random.key(t.seed)
     gen_sigmas = jnp.asarray(adv.generator_sigmas(a.generator_levels), jnp.float32)
+    # G's attention is the target's (the TPU kernel, cuDNN); D's is differentiated twice (R1 penalty inside
+    # D's loss), which those kernels cannot: D keeps XLA's form there (models/attention_kernel.py)
+    g_form = attention_kernel.form_for_mesh(t.attention, mesh)
+    d_form = g_form.for_second_derivatives()
 
     def init_state(trainable):
         g, d = trainable["generator"], trainable["discriminator"]
@@ -123,6 +128,7 @@ def build_adversarial_programs(cfg, unet_abstract, mesh, encode, opt_state_shard
             in the diffusion phase, so the gate-learning stage learns under this objective."""
             unet = codec.merge({**g_frozen, **g_params})
             unet.remat = t.remat
+            attention_kernel.set_form(unet, g_form)
             gates, penalty = None, jnp.float32(0.0)
             if unet.config.temporal_gating == "sampled":
                 gates = unet.temporal_gates.sample(keys[5], gate_keep_at(t, step))
@@ -145,7 +151,7 @@ def build_adversarial_programs(cfg, unet_abstract, mesh, encode, opt_state_shard
         fake_eps = jax.random.normal(keys[4], x0.shape)
 
         def discriminate(heads, x):
-            disc = dcodec.merge({**backbone, **heads})
+            disc = attention_kernel.set_form(dcodec.merge({**backbone, **heads}), d_form)
             out = disc(x.astype(dtype), sigma_d, cond.astype(dtype), embeds.astype(dtype), ids)
             return out.logits.astype(jnp.float32), out.heads
 

@@ -137,25 +137,28 @@ def compile_train_step(config, devices=None, *, mesh: Mesh | None = None, compil
     batch = abstract_batch(cfg, unet_cfg, t.batch_size, mesh)
 
     argument_bytes = float(sum(_bytes_per_device(a) for a in jax.tree.leaves((state, frozen, batch))))
-    # The target's attention form, not this host's: a TPU step keeps XLA's batched attention
-    # (models/attention_kernel.py picks by the default backend, which is this CPU host's).
-    with attention_kernel.implementation("auto" if devices[0].platform == "cpu" else "xla"):
-        t0 = time.perf_counter()
-        if not compile:
-            compiler, t1 = {"argument_bytes": argument_bytes, "planned_only": True}, t0
-        else:
-            lowered = programs.train_step.lower(state, frozen, batch)
-            t1 = time.perf_counter()
-            try:
-                compiler = compiled_report(lowered.compile())
-            except Exception as e:  # the TPU compiler refuses a plan larger than the chip's HBM
-                oom = parse_hbm_oom(str(e))
-                if oom is None:
-                    raise
-                compiler = {"argument_bytes": argument_bytes, "oom_used_bytes": oom[0], "oom_capacity_bytes": oom[1],
-                            "compile_error": str(e).strip().splitlines()[0][:500]}
-        t2 = time.perf_counter()
-        step_flops = jaxpr_flops(jax.make_jaxpr(programs.train_step)(state, frozen, batch).jaxpr)
+    # The attention form is the target's: make_programs builds it from the mesh's devices (a TPU topology's
+    # devices say "tpu" although this host's backend is the CPU); recorded per shape for the report.
+    t0 = time.perf_counter()
+    with attention_kernel.recording() as forms:
+        jaxpr = jax.make_jaxpr(programs.train_step)(state, frozen, batch).jaxpr
+    step_flops = jaxpr_flops(jaxpr)
+    del jaxpr
+    if not compile:
+        compiler, t1 = {"argument_bytes": argument_bytes, "planned_only": True}, time.perf_counter()
+    else:
+        lowered = programs.train_step.lower(state, frozen, batch)
+        t1 = time.perf_counter()
+        try:
+            compiler = compiled_report(lowered.compile())
+        except Exception as e:  # the TPU compiler refuses a plan larger than the chip's HBM
+            oom = parse_hbm_oom(str(e))
+            if oom is None:
+                raise
+            compiler = {"argument_bytes": argument_bytes, "oom_used_bytes": oom[0], "oom_capacity_bytes": oom[1],
+                        "compile_error": str(e).strip().splitlines()[0][:500]}
+        del lowered
+    t2 = time.perf_counter()
     count = lambda tree: int(sum(x.size for x in jax.tree.leaves(tree)))  # noqa: E731
     return {
         **compiler,
@@ -166,20 +169,26 @@ def compile_train_step(config, devices=None, *, mesh: Mesh | None = None, compil
         "batch_size": int(t.batch_size), "grad_accum": int(t.grad_accum),
         "frames": int(cfg.frames), "height": int(cfg.height), "width": int(cfg.width),
         "remat": bool(t.remat), "dtype": t.dtype, "trainable": t.trainable,
-        "phase": t.phase,
+        "phase": t.phase, "attention": forms,
         "trainable_params": count(programs.abstract_trainable), "frozen_params": count(programs.abstract_frozen),
         "lower_s": t1 - t0, "compile_s": t2 - t1,
     }
 
 
-_OOM = re.compile(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm", re.IGNORECASE)
+# The TPU compiler's two ways of refusing a plan beyond the chip's HBM (libtpu 0.0.42): after memory-space
+# assignment ("Ran out of memory in memory space hbm. Used 20.5G of 15.75G hbm") and, earlier, when the
+# temporaries alone are too large ("the total memory required for HLO temporaries (22.46G) exceeds
+# available HBM (15.75G)")
+_OOM = (re.compile(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm", re.IGNORECASE),
+        re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMGT]?)\)",
+                   re.IGNORECASE))
 _UNIT = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
 
 
 def parse_hbm_oom(message: str):
-    """(used, usable) bytes per chip from the TPU compiler's "Ran out of memory in memory space hbm. Used
-    20.5G of 15.75G hbm" error, or None for any other message."""
-    m = _OOM.search(message)
+    """(used, usable) bytes per chip from the TPU compiler's out-of-HBM errors (see _OOM; for the second
+    form "used" is the temporaries alone), or None for any other message."""
+    m = next((m for m in (p.search(message) for p in _OOM) if m), None)
     if not m:
         return None
     return float(m.group(1)) * _UNIT[m.group(2).upper()], float(m.group(3)) * _UNIT[m.group(4).upper()]

@@ -36,6 +36,12 @@ def compiled_report(compiled) -> dict:
         report["total_bytes"] = float(mem.argument_size_in_bytes + mem.output_size_in_bytes
                                       - mem.alias_size_in_bytes + mem.temp_size_in_bytes)
         report["xla_peak_bytes"] = float(getattr(mem, "peak_memory_in_bytes", 0) or 0)
+    # Pallas TPU kernels (Mosaic) appear in the compiled program as custom calls of this target: their
+    # count says the attention kernel made it through the compiler (models/attention_kernel.py)
+    try:
+        report["pallas_kernel_calls"] = compiled.as_text().count('custom_call_target="tpu_custom_call"')
+    except Exception:  # a backend without a text form of its executable
+        pass
     cost = compiled.cost_analysis()
     if isinstance(cost, list):  # older JAX: one dict per partition
         cost = cost[0] if cost else {}
@@ -54,6 +60,18 @@ def format_report(report: dict, *, devices: int, label: str = "train step") -> s
     if "flops" in report:
         line += f"; {report['flops'] / 1e12:.4g} TFLOPs per device per step (XLA cost analysis)"
     return line
+
+
+def format_attention(records: list) -> str:
+    """The attention form of each distinct attention call in the step (models/attention_kernel.py
+    `recording()`), one line each: form, q and k shapes (batch·frames or batch·positions, tokens, heads,
+    head width), dtype and how many calls share them."""
+    if not records:
+        return "attention: none traced"
+    lines = ["attention, per distinct shape (models/attention_kernel.py):"]
+    for r in sorted(records, key=lambda r: (r["form"], r["q"], r["k"])):
+        lines.append(f"  {r['form']:<10} q {tuple(r['q'])} k {tuple(r['k'])} {r['dtype']}  × {r['count']}")
+    return "\n".join(lines)
 
 
 def write_report(path, report: dict, **extra):

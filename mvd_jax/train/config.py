@@ -44,6 +44,10 @@ def defaults() -> ml_collections.ConfigDict:
         nan_policy="stop",  # stop | skip
         dtype="float32",  # activation dtype: float32 | bfloat16 (parameters stay float32)
         remat=False,  # rematerialise each UNet block in the backward pass
+        # attention form (models/attention_kernel.py): auto (per target platform: CPU blocked loops, TPU the
+        # Pallas flash kernel, GPU cuDNN fused attention, each falling back to XLA where it does not apply)
+        # | xla | blocked | pallas_tpu | cudnn
+        attention="auto",
         log_every=10,
         checkpoint_every=50,
         keep_checkpoints=3,
@@ -122,6 +126,10 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             raise UserError(f"adversarial.{key} must be ≥ 0, got {out.adversarial[key]}")
     if t.nan_policy not in ("stop", "skip"):
         raise UserError(f"train.nan_policy must be 'stop' or 'skip', got {t.nan_policy!r}")
+    from mvd_jax.models.attention_kernel import IMPLEMENTATIONS
+
+    if t.attention not in IMPLEMENTATIONS:
+        raise UserError(f"train.attention must be one of {list(IMPLEMENTATIONS)}, got {t.attention!r}")
     if t.dtype not in ("float32", "bfloat16"):
         raise UserError(f"train.dtype must be 'float32' or 'bfloat16', got {t.dtype!r}")
     if t.steps < 1 or t.batch_size < 1 or t.grad_accum < 1:

@@ -24,12 +24,13 @@ from flax import nnx
 
 from mvd_jax import storage
 from mvd_jax.config import unet_config
+from mvd_jax.models import attention_kernel
 from mvd_jax.models.gates import temporal_block_names
 from mvd_jax.errors import UserError
 from mvd_jax.train import checkpoint as ckpt
 from mvd_jax.train import sharding as shd
 from mvd_jax.train import stages
-from mvd_jax.train.compile_report import compiled_report, format_report, write_report
+from mvd_jax.train.compile_report import compiled_report, format_attention, format_report, write_report
 from mvd_jax.train.config import resolve
 from mvd_jax.train.loss import diffusion_loss
 from mvd_jax.train.metrics import MetricWriter
@@ -146,6 +147,7 @@ def build_programs(cfg, unet_abstract, mesh, encoders, tx, schedule) -> Programs
     state_sh = {"params": trainable_sh, "ema": trainable_sh, "opt_state": opt_sh, "step": rep, "skipped": rep}
     dtype = jnp.bfloat16 if t.dtype == "bfloat16" else jnp.float32
     base_key = jax.random.key(t.seed)
+    form = attention_kernel.form_for_mesh(t.attention, mesh)  # the target's attention (models/attention_kernel.py)
 
     def init_state(trainable):
         # Jitted with out_shardings so Adam's moments are born sharded like the parameters.
@@ -157,6 +159,7 @@ def build_programs(cfg, unet_abstract, mesh, encoders, tx, schedule) -> Programs
     def loss_on(params_train, frozen, batch, key, step):
         unet = codec.merge({**frozen, **params_train})
         unet.remat = t.remat  # rematerialise each block in the backward pass (models/unet.py)
+        attention_kernel.set_form(unet, form)
         return diffusion_loss(unet, batch, key, p_mean=t.p_mean, p_std=t.p_std, cond_dropout=t.cond_dropout,
                               gate_keep=gate_keep_at(t, step), l1_weight=t.l1_weight, dtype=dtype)
 
@@ -218,9 +221,10 @@ def make_encode(cfg, encoders, mesh):
     batch_sh = shd.model_batch_shardings(mesh)
     enc_graph, _ = nnx.split(encoders)
     aug_key, noise_key = jax.random.key(t.seed + 1), jax.random.key(t.seed + 2)
+    form = attention_kernel.form_for_mesh(t.attention, mesh)
 
     def encode_fn(enc_state, video, fps, motion, step):
-        vae, image_encoder = nnx.merge(enc_graph, enc_state)
+        vae, image_encoder = attention_kernel.set_form(nnx.merge(enc_graph, enc_state), form)
         b = video.shape[0]
         aug = jnp.exp(t.noise_aug_p_mean + t.noise_aug_p_std
                       * jax.random.normal(jax.random.fold_in(aug_key, step), (b,)))
@@ -417,9 +421,12 @@ def _next_batch(data_iter, mesh, programs, enc_state, step, cached):
 def _compile_step(train_step, state, frozen, batch, mesh, workdir, is_main, log):
     """The step compiled for these exact arrays, and its per-device FLOPs. The compiler's memory plan
     (per device) is logged and written to workdir/compile_report.json."""
-    compiled = train_step.lower(state, frozen, batch).compile()
-    report = compiled_report(compiled)
+    with attention_kernel.recording() as forms:  # the attention form each shape got, for the report
+        lowered = train_step.lower(state, frozen, batch)
+    compiled = lowered.compile()
+    report = {**compiled_report(compiled), "attention": forms}
     log(format_report(report, devices=jax.device_count()))
+    log(format_attention(forms))
     if is_main:
         write_report(workdir / "compile_report.json", report, devices=jax.device_count(),
                      mesh={a: int(n) for a, n in mesh.shape.items()})
