@@ -1,6 +1,6 @@
 """Checkpoint import/export for the SVD UNet: diffusers folders/files and SGM single files ↔ NNX.
 
-The NNX module mirrors diffusers' tree, so the mapping is mechanical (convert/strict.py):
+The NNX module mirrors diffusers' tree, so the mapping is mechanical (models/tensors.py):
   NNX path  down_blocks/0/resnets/0/spatial_res_block/conv1/kernel
   diffusers down_blocks.0.resnets.0.spatial_res_block.conv1.weight
 Loading is strict: any missing key, unexpected key or wrong shape is an error that names every
@@ -8,43 +8,29 @@ offending parameter with both shapes. Nothing is skipped or zero-filled.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from mvd_jax import storage
-from mvd_jax.convert.safetensors_io import read_header, read_safetensors, write_safetensors
+from mvd_jax.convert.safetensors_io import read_header, read_safetensors
 from mvd_jax.convert.sgm_names import SGM_PREFIX, diffusers_to_sgm
-from mvd_jax.convert.strict import (
-    check_tensors,
-    expected_from_module,
-    folder_weights,
-    module_from_tensors,
-    module_to_tensors,
-    read_json_object,
-    refuse_pickle,
-)
+from mvd_jax.convert.strict import folder_weights, read_json_object, refuse_pickle, save_module
 from mvd_jax.errors import UserError
 from mvd_jax.models.unet import SpatioTemporalUNet
 from mvd_jax.models.unet_config import UNetConfig
+from mvd_jax.models.unet_tensors import (  # noqa: F401  (abstract_unet re-exported: the converter's public API)
+    abstract_unet,
+    expected_parameters,
+    unet_from_tensors,
+    unet_to_tensors,
+)
 
 DIFFUSERS_CLASS = "UNetSpatioTemporalConditionModel"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-
-
-def abstract_unet(config: UNetConfig) -> SpatioTemporalUNet:
-    """The UNet with ShapeDtypeStruct leaves: shapes without memory."""
-    return nnx.eval_shape(lambda: SpatioTemporalUNet(config, rngs=nnx.Rngs(0)))
-
-
-def expected_parameters(config: UNetConfig) -> dict[str, tuple]:
-    """diffusers name → torch-layout shape, for every parameter of the UNet built from `config`."""
-    return expected_from_module(abstract_unet(config))
 
 
 # ---- config resolution ---------------------------------------------------------------------------
@@ -112,51 +98,14 @@ def read_unet_checkpoint(path, config=None) -> tuple[dict[str, np.ndarray], UNet
     return read_safetensors(path), resolve_config(config), "diffusers"
 
 
-# Parameters that MobileVD adds to an SVD UNet and that start from a fixed value rather than from the
-# checkpoint: the temporal-gate importances (gates.py). A checkpoint may carry them (a run being
-# resumed) or not (an SVD checkpoint entering the gate-learning stage).
-_FRESH_PREFIXES = ("temporal_gates.",)
-
-
-def _fresh_value(name: str, shape: tuple) -> np.ndarray:
-    if name == "temporal_gates.logits":
-        return np.zeros(shape, np.float32)  # all blocks equally important
-    if name == "temporal_gates.scales":
-        return np.ones(shape, np.float32)  # L1 baseline: every block fully on
-    raise KeyError(name)
-
-
-def check_parameters(tensors: dict[str, np.ndarray], config: UNetConfig, source: str) -> None:
-    """Raises CheckpointMismatchError naming every missing/unexpected/wrong-shaped parameter."""
-    check_tensors(tensors, expected_parameters(config), source, "the UNet config", _FRESH_PREFIXES)
-
-
 # ---- public API ----------------------------------------------------------------------------------
-def unet_from_tensors(tensors: dict[str, np.ndarray], config: UNetConfig, *, source: str = "<tensors>",
-                      dtype=jnp.float32) -> SpatioTemporalUNet:
-    """Builds the UNet from diffusers-named, torch-layout tensors (strictly checked)."""
-    check_parameters(tensors, config, source)
-    return module_from_tensors(abstract_unet(config), tensors, dtype=dtype, fresh_value=_fresh_value)
-
-
 def load_unet(path, config=None, *, dtype=jnp.float32) -> SpatioTemporalUNet:
     """Loads SVD UNet weights from a diffusers folder/file or an SGM single file (see read_unet_checkpoint)."""
     tensors, cfg, _ = read_unet_checkpoint(path, config)
     return unet_from_tensors(tensors, cfg, source=str(path), dtype=dtype)
 
 
-def unet_to_tensors(model: SpatioTemporalUNet) -> dict[str, np.ndarray]:
-    """diffusers-named, torch-layout float32 NumPy arrays of every parameter."""
-    return module_to_tensors(model)
-
-
 def save_unet_diffusers(model: SpatioTemporalUNet, out_dir) -> Path:
     """Writes `config.json` + `diffusion_pytorch_model.safetensors` that diffusers' from_pretrained loads."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     config = {"_class_name": DIFFUSERS_CLASS, **model.config.to_diffusers_dict()}
-    tmp = out_dir / (WEIGHTS_NAME + ".tmp")
-    write_safetensors(tmp, unet_to_tensors(model), metadata={"format": "pt"})
-    os.replace(tmp, out_dir / WEIGHTS_NAME)  # never leave a half-written weights file under the real name
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return out_dir
+    return save_module(model, out_dir, WEIGHTS_NAME, config)

@@ -1,28 +1,17 @@
 """Checkpoint import/export for SVD's temporal VAE (diffusers' AutoencoderKLTemporalDecoder folder ↔ NNX).
 
 The NNX module mirrors diffusers' tree (models/vae.py), so the mapping is the generic one of
-convert/strict.py, with the same strict checking: every missing, unexpected or wrong-shaped parameter
+models/tensors.py, with the same strict checking: every missing, unexpected or wrong-shaped parameter
 is named with both shapes.
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import jax.numpy as jnp
-from flax import nnx
 
 from mvd_jax import storage
-from mvd_jax.convert.safetensors_io import write_safetensors
-from mvd_jax.convert.strict import (
-    check_tensors,
-    expected_from_module,
-    folder_weights,
-    module_from_tensors,
-    module_to_tensors,
-    read_json_object,
-)
+from mvd_jax.convert.strict import abstract_module, folder_weights, load_module, read_json_object, save_module
 from mvd_jax.models.vae import AutoencoderKLTemporalDecoder, VAEConfig
 
 DIFFUSERS_CLASS = "AutoencoderKLTemporalDecoder"
@@ -30,7 +19,7 @@ WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
 
 def abstract_vae(config: VAEConfig) -> AutoencoderKLTemporalDecoder:
-    return nnx.eval_shape(lambda: AutoencoderKLTemporalDecoder(config, rngs=nnx.Rngs(0)))
+    return abstract_module(AutoencoderKLTemporalDecoder, config)
 
 
 def read_vae_config(folder) -> VAEConfig:
@@ -40,9 +29,7 @@ def read_vae_config(folder) -> VAEConfig:
 
 def vae_from_tensors(tensors: dict, config: VAEConfig, *, source: str = "<tensors>",
                      dtype=jnp.float32) -> AutoencoderKLTemporalDecoder:
-    abstract = abstract_vae(config)
-    check_tensors(tensors, expected_from_module(abstract), source, "the VAE config")
-    return module_from_tensors(abstract, tensors, dtype=dtype)
+    return load_module(abstract_vae(config), tensors, source=source, what="the VAE config", dtype=dtype)
 
 
 def load_vae(folder, *, dtype=jnp.float32) -> AutoencoderKLTemporalDecoder:
@@ -55,11 +42,5 @@ def load_vae(folder, *, dtype=jnp.float32) -> AutoencoderKLTemporalDecoder:
 
 def save_vae_diffusers(model: AutoencoderKLTemporalDecoder, out_dir) -> Path:
     """Writes config.json + diffusion_pytorch_model.safetensors that diffusers' from_pretrained reads."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / (WEIGHTS_NAME + ".tmp")
-    write_safetensors(tmp, module_to_tensors(model), metadata={"format": "pt"})
-    os.replace(tmp, out_dir / WEIGHTS_NAME)
     config = {"_class_name": DIFFUSERS_CLASS, **model.config.to_diffusers_dict()}
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return out_dir
+    return save_module(model, out_dir, WEIGHTS_NAME, config)

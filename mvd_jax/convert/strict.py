@@ -1,117 +1,28 @@
-"""Strict, generic checkpoint ↔ NNX mapping shared by every converter (UNet, VAE, CLIP, …).
+"""The files side of every converter (UNet, VAE, CLIP): reading model folders, refusing pickles, and the
+one atomic save all three use.
 
-A module whose NNX tree mirrors a PyTorch module's maps over mechanically:
-  NNX path  down_blocks/0/resnets/0/conv1/kernel   ↔   PyTorch name  down_blocks.0.resnets.0.conv1.weight
-with leaf renames (kernel→weight, scale→weight) and layout transposes (Linear (out,in)→(in,out);
-Conv (out,in,*k)→(*k,in,out)). Loading is strict: any missing key, unexpected key or wrong shape is an
-error that names every offending parameter with both shapes. Nothing is skipped or zero-filled
-(except parameters a caller declares fresh, which get the caller's documented initial value).
+The name/layout mapping and the strict load (every missing, unexpected or wrong-shaped parameter named
+with both shapes) are the models' own (models/tensors.py, re-exported here): model surgery uses them too.
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Callable
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from mvd_jax.convert.safetensors_io import read_safetensors
+from mvd_jax.convert.safetensors_io import read_safetensors, write_safetensors
 from mvd_jax.errors import UserError
+from mvd_jax.models.tensors import (  # noqa: F401  (re-exported: the converters' names for them)
+    CheckpointMismatchError,
+    abstract_module,
+    expected_from_module,
+    load_module,
+    module_to_tensors,
+)
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
-
-
-class CheckpointMismatchError(UserError):
-    """The checkpoint's parameters do not match the model (missing / unexpected / wrong shape)."""
-
-
-# ---- name and layout mapping ---------------------------------------------------------------------
-# NNX leaf names that PyTorch calls `weight`. Only `kernel`s change layout; norm scales and embedding
-# tables (`embedding`, (num, dim) in both frameworks) do not.
-_TORCH_LEAF = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
-
-
-def diffusers_key(path: tuple) -> str:
-    """NNX state path → PyTorch (diffusers/transformers) parameter name."""
-    *module, leaf = (str(p) for p in path)
-    return ".".join([*module, _TORCH_LEAF.get(leaf, leaf)])
-
-
-def torch_to_jax_layout(leaf: str, w: np.ndarray) -> np.ndarray:
-    """Linear (out, in) → (in, out); conv (out, in, *k) → (*k, in, out); everything else unchanged."""
-    if leaf != "kernel":
-        return w
-    return w.T if w.ndim == 2 else np.transpose(w, (*range(2, w.ndim), 1, 0))
-
-
-def jax_to_torch_layout(leaf: str, w: np.ndarray) -> np.ndarray:
-    if leaf != "kernel":
-        return w
-    n = w.ndim
-    return w.T if n == 2 else np.transpose(w, (n - 1, n - 2, *range(n - 2)))
-
-
-def torch_shape(path: tuple, jax_shape: tuple) -> tuple:
-    return jax_to_torch_layout(str(path[-1]), np.empty(jax_shape, np.int8)).shape
-
-
-# ---- strict loading ------------------------------------------------------------------------------
-def expected_from_module(abstract) -> dict[str, tuple]:
-    """PyTorch name → torch-layout shape of every nnx.Param of a module (abstract or concrete)."""
-    return {diffusers_key(path): torch_shape(path, tuple(v.shape))
-            for path, v in nnx.to_flat_state(nnx.state(abstract, nnx.Param))}
-
-
-def check_tensors(tensors: dict, expected: dict[str, tuple], source: str, what: str,
-                  fresh_prefixes: tuple[str, ...] = ()) -> None:
-    """Raises CheckpointMismatchError naming every missing/unexpected/wrong-shaped parameter.
-
-    `what` names the model in the message ("the UNet config"); parameters under `fresh_prefixes` may
-    be absent (the caller initialises them).
-    """
-    missing = sorted(k for k in expected if k not in tensors and not k.startswith(fresh_prefixes))
-    unexpected = sorted(k for k in tensors if k not in expected)
-    wrong = sorted(k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k]))
-    if not (missing or unexpected or wrong):
-        return
-    lines = [f"missing {k}: expected shape {list(expected[k])}" for k in missing]
-    lines += [f"unexpected {k.removeprefix('<sgm>')}: shape {list(tensors[k].shape)}" for k in unexpected]
-    lines += [f"wrong shape {k}: checkpoint {list(tensors[k].shape)}, model {list(expected[k])}" for k in wrong]
-    summary = (f"checkpoint {source} does not match {what}: {len(missing)} missing, "
-               f"{len(unexpected)} unexpected, {len(wrong)} wrong-shape parameters; first: {lines[0]}")
-    raise CheckpointMismatchError("\n".join([summary, *lines]))
-
-
-def module_from_tensors(abstract, tensors: dict, *, dtype=jnp.float32,
-                        fresh_value: Callable[[str, tuple], np.ndarray] | None = None):
-    """Fills an abstract module (from nnx.eval_shape) with torch-named, torch-layout tensors.
-
-    Call check_tensors first. Absent names are taken from `fresh_value(name, torch_shape)`.
-    """
-    graphdef, state = nnx.split(abstract)
-    pure = nnx.to_pure_dict(state)
-    for path, var in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
-        name = diffusers_key(path)
-        raw = tensors[name] if name in tensors else fresh_value(name, torch_shape(path, tuple(var.shape)))
-        value = jnp.asarray(torch_to_jax_layout(str(path[-1]), np.asarray(raw, dtype=np.float32)), dtype)
-        node = pure
-        for p in path[:-1]:
-            node = node[p]
-        node[path[-1]] = value
-    nnx.replace_by_pure_dict(state, pure)
-    return nnx.merge(graphdef, state)
-
-
-def module_to_tensors(model) -> dict[str, np.ndarray]:
-    """torch-named, torch-layout float32 NumPy arrays of every parameter."""
-    out = {}
-    for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        name = diffusers_key(path)
-        out[name] = np.ascontiguousarray(jax_to_torch_layout(str(path[-1]), np.asarray(jax.device_get(v[...]), np.float32)))
-    return out
 
 
 # ---- files ---------------------------------------------------------------------------------------
@@ -163,3 +74,16 @@ def read_json_object(path: Path, expected_class: str | None = None) -> dict:
         if found is not None and found != expected_class:
             raise UserError(f"{path} describes a {found}, not a {expected_class}")
     return d
+
+
+def save_module(model, folder, weights_name: str, config: dict) -> Path:
+    """Writes `config` as config.json and the model's parameters (torch names and layouts) as `weights_name`,
+    the folder diffusers'/transformers' from_pretrained reads. The weights go to a temporary name first and
+    are renamed into place, so a crash never leaves a half-written file under the real name."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (weights_name + ".tmp")
+    write_safetensors(tmp, module_to_tensors(model), metadata={"format": "pt"})
+    os.replace(tmp, folder / weights_name)
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return folder

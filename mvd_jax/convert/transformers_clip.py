@@ -2,7 +2,7 @@
 
 SVD pipelines keep the encoder in `image_encoder/` as a transformers folder (`config.json` +
 `model.safetensors`). The NNX module (models/clip_vision.py) mirrors transformers' tree, so the
-generic rules of convert/strict.py map every parameter:
+generic rules of models/tensors.py map every parameter:
   NNX path  vision_model/encoder/layers/0/self_attn/q_proj/kernel   (in, out)
   torch     vision_model.encoder.layers.0.self_attn.q_proj.weight   (out, in)
   NNX path  vision_model/embeddings/patch_embedding/kernel          (p, p, 3, D)
@@ -13,23 +13,19 @@ learned value, so it is dropped before the check. Anything else unexpected is an
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from mvd_jax import storage
-from mvd_jax.convert.safetensors_io import write_safetensors
 from mvd_jax.convert.strict import (
-    check_tensors,
-    expected_from_module,
+    abstract_module,
     folder_weights,
-    module_from_tensors,
+    load_module,
     module_to_tensors,
     read_json_object,
+    save_module,
 )
 from mvd_jax.models.clip_vision import TRANSFORMERS_CLASS, CLIPVisionConfig, CLIPVisionModelWithProjection
 
@@ -40,7 +36,7 @@ KNOWN_BUFFERS = ("vision_model.embeddings.position_ids",)
 
 def abstract_image_encoder(config: CLIPVisionConfig) -> CLIPVisionModelWithProjection:
     """The encoder with ShapeDtypeStruct leaves: shapes without memory."""
-    return nnx.eval_shape(lambda: CLIPVisionModelWithProjection(config, rngs=nnx.Rngs(0)))
+    return abstract_module(CLIPVisionModelWithProjection, config)
 
 
 def _resolve_folder(folder: Path) -> Path:
@@ -54,9 +50,8 @@ def image_encoder_from_tensors(tensors: dict[str, np.ndarray], config: CLIPVisio
                                source: str = "<tensors>", dtype=jnp.float32) -> CLIPVisionModelWithProjection:
     """Builds the encoder from transformers-named, torch-layout tensors (strictly checked)."""
     tensors = {k: v for k, v in tensors.items() if k not in KNOWN_BUFFERS}
-    abstract = abstract_image_encoder(config)
-    check_tensors(tensors, expected_from_module(abstract), source, "the CLIP image encoder config")
-    return module_from_tensors(abstract, tensors, dtype=dtype)
+    return load_module(abstract_image_encoder(config), tensors, source=source,
+                       what="the CLIP image encoder config", dtype=dtype)
 
 
 def load_image_encoder(folder, *, dtype=jnp.float32) -> CLIPVisionModelWithProjection:
@@ -73,10 +68,4 @@ def image_encoder_to_tensors(model: CLIPVisionModelWithProjection) -> dict[str, 
 
 def save_image_encoder(model: CLIPVisionModelWithProjection, folder) -> Path:
     """Writes `config.json` + `model.safetensors` that transformers' from_pretrained loads."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (WEIGHTS_NAME + ".tmp")
-    write_safetensors(tmp, image_encoder_to_tensors(model), metadata={"format": "pt"})
-    os.replace(tmp, folder / WEIGHTS_NAME)  # never leave a half-written weights file under the real name
-    (folder / "config.json").write_text(json.dumps(model.config.to_transformers_dict(), indent=2) + "\n")
-    return folder
+    return save_module(model, folder, WEIGHTS_NAME, model.config.to_transformers_dict())

@@ -83,3 +83,24 @@ def count_flops(fn: Callable, *args: Any) -> dict[str, float]:
     if isinstance(cost, (list, tuple)):  # older JAX returned one dict per device
         cost = cost[0]
     return {"flops": float(paper), "xla_flops": float(cost.get("flops", float("nan")))}
+
+
+def temporal_block_flops(config, frames: int, height: int, width: int) -> dict[str, float]:
+    """FLOPs (paper convention) of each temporal block of one UNet forward at a latent size, from one trace;
+    the cost order behind models/gates.py's SVD_BLOCKS_BY_COST."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from mvd_jax.models.gates import temporal_block_names
+    from mvd_jax.models.resnet import temporal_block_scope
+    from mvd_jax.models.unet_tensors import abstract_unet
+
+    graphdef, state = nnx.split(abstract_unet(config))
+    f32 = jnp.float32
+    args = (jax.ShapeDtypeStruct((1, frames, height, width, config.in_channels), f32),
+            jax.ShapeDtypeStruct((1,), f32), jax.ShapeDtypeStruct((1, 1, config.context_dims[0]), f32),
+            jax.ShapeDtypeStruct((1, config.num_added_time_ids), f32))
+    jaxpr = jax.make_jaxpr(lambda st, *a: nnx.merge(graphdef, st)(*a))(state, *args)
+    names = temporal_block_names(config)
+    return {n: float(jaxpr_flops(jaxpr, temporal_block_scope(i))) for i, n in enumerate(names)
+            if n not in config.pruned_temporal_blocks}

@@ -72,7 +72,7 @@ def add_funnels(model, factor: float, init: str = "csi", seed: int = 0, target: 
     init "csi": coupled singular initialisation from the model's weights; "he": random N(0, 2/fan_in).
     The projections keep their weights; only funnel parameters are added.
     """
-    from mvd_jax.convert.diffusers_unet import unet_from_tensors, unet_to_tensors
+    from mvd_jax.models.unet_tensors import unet_from_tensors, unet_to_tensors
     from mvd_jax.models.unet_blocks import funnel_width
 
     c = model.config
@@ -114,7 +114,7 @@ def add_funnels(model, factor: float, init: str = "csi", seed: int = 0, target: 
 
 def merge_funnels(model):
     """A plain model (no funnel parameters, projections heads·d' wide) computing the same function."""
-    from mvd_jax.convert.diffusers_unet import unet_from_tensors, unet_to_tensors
+    from mvd_jax.models.unet_tensors import unet_from_tensors, unet_to_tensors
 
     c = model.config
     if c.funnel_factor is None or c.funnels_merged:

@@ -175,8 +175,8 @@ def prune_temporal_blocks(model, gates=None, *, names=None):
     """
     import dataclasses
 
-    # Imported here: the converter imports the models package.
-    from mvd_jax.convert.diffusers_unet import expected_parameters, unet_from_tensors, unet_to_tensors
+    # Imported here: unet_tensors builds the UNet, whose module imports this one.
+    from mvd_jax.models.unet_tensors import expected_parameters, unet_from_tensors, unet_to_tensors
 
     if (gates is None) == (names is None):
         raise ValueError("pass exactly one of gates= or names=")
@@ -189,29 +189,12 @@ def prune_temporal_blocks(model, gates=None, *, names=None):
 
 
 # ---- the efficiency tables' default pruning --------------------------------------------------
-def temporal_block_flops(config: UNetConfig, frames: int, height: int, width: int) -> dict[str, float]:
-    """FLOPs (paper convention) of each temporal block of one forward at a latent size, from one trace."""
-    from mvd_jax.convert.diffusers_unet import abstract_unet
-    from mvd_jax.eval.flops import jaxpr_flops
-    from mvd_jax.models.resnet import temporal_block_scope
-
-    graphdef, state = nnx.split(abstract_unet(config))
-    f32 = jnp.float32
-    args = (jax.ShapeDtypeStruct((1, frames, height, width, config.in_channels), f32),
-            jax.ShapeDtypeStruct((1,), f32), jax.ShapeDtypeStruct((1, 1, config.context_dims[0]), f32),
-            jax.ShapeDtypeStruct((1, config.num_added_time_ids), f32))
-    jaxpr = jax.make_jaxpr(lambda st, *a: nnx.merge(graphdef, st)(*a))(state, *args)
-    names = temporal_block_names(config)
-    return {n: float(jaxpr_flops(jaxpr, temporal_block_scope(i))) for i, n in enumerate(names)
-            if n not in config.pruned_temporal_blocks}
-
-
 # Which blocks a "pruned" row of the efficiency tables removes. In training the learned gates decide;
 # for the tables (Table 6: 70/80/90 % of 38 blocks = 27/30/34 removed) we take the cheapest blocks
 # first, in FLOPs of the temporally multiscaled 14×512×256 model (the stage pruning starts from),
 # ties in forward order. The paper notes the pruned blocks "were mostly the cheap or low-resolution
 # ones", and this order reproduces its pruned rows within 1.5 %. Verified against
-# temporal_block_flops by tests/test_tables_paper.py.
+# eval/flops.py's temporal_block_flops by tests/test_tables_paper.py.
 SVD_BLOCKS_BY_COST = (
     "down_blocks.3.resnets.0",
     "down_blocks.3.resnets.1",

@@ -40,7 +40,7 @@ _PROJECTION = re.compile(r"^(.*\.attn1\.(?:to_q|to_k|to_v|to_out\.0))\.weight$")
 
 def factorize_attention(model, factor: float):
     """A copy of `model` whose self-attention projections are rank-`factor` truncated SVDs of the originals."""
-    from mvd_jax.convert.diffusers_unet import unet_from_tensors, unet_to_tensors
+    from mvd_jax.models.unet_tensors import unet_from_tensors, unet_to_tensors
 
     if model.config.low_rank_factor is not None:
         raise UserError("the model's attention is already low-rank")
