@@ -34,6 +34,7 @@ from mvd_jax.models import attention_kernel
 from mvd_jax.train import adversarial_loss as adv
 from mvd_jax.train import sharding as shd
 from mvd_jax.train.model_state import ParamCodec, ema_update, trainable_keys, tree_finite
+from mvd_jax.train.programs import Programs, gate_keep_at, opt_state_shardings
 
 DISCRIMINATOR_PREFIX = "discriminator/"  # D's frozen backbone keys in the frozen dict
 
@@ -54,10 +55,9 @@ def make_phase_optimizer(cfg, learning_rate: float):
     return optax.chain(clip, core), schedule
 
 
-def build_adversarial_programs(cfg, unet_abstract, mesh, encode, opt_state_shardings):
-    """The Programs of the adversarial phase (see trainer.Programs)."""
+def build_adversarial_programs(cfg, unet_abstract, mesh, encode):
+    """The Programs of the adversarial phase (train/programs.py)."""
     from mvd_jax.models.discriminator import abstract_discriminator, discriminator_from_unet
-    from mvd_jax.train.trainer import Programs, gate_keep_at
 
     t, a = cfg.train, cfg.adversarial
     codec = ParamCodec(unet_abstract)

@@ -30,6 +30,7 @@ from mvd_jax.errors import UserError
 from mvd_jax.train import checkpoint as ckpt
 from mvd_jax.train import sharding as shd
 from mvd_jax.train import stages
+from mvd_jax.train.adversarial import build_adversarial_programs
 from mvd_jax.train.compile_report import compiled_report, format_attention, format_report, write_report
 from mvd_jax.train.config import resolve
 from mvd_jax.train.loss import diffusion_loss
@@ -43,6 +44,7 @@ from mvd_jax.train.model_state import (
     trainable_keys,
     tree_finite,
 )
+from mvd_jax.train.programs import Programs, gate_keep_at, opt_state_shardings
 
 
 class NonFiniteLossError(UserError):
@@ -101,36 +103,6 @@ def make_data(cfg, per_host_batch: int, workdir):
 # =============================================================================================
 # The train state and the step
 # =============================================================================================
-@dataclasses.dataclass
-class Programs:
-    codec: ParamCodec
-    train_keys: list
-    frozen_keys: list
-    init_state: object  # jitted: (trainable, ) → state
-    train_step: object  # jitted: (state, frozen, batch) → (state, metrics)
-    encode: object  # jitted: (encoders, raw batch, step) → batch, or None for cached data
-    state_shardings: dict
-    frozen_shardings: dict
-    schedule: object
-    abstract_trainable: object = None  # what init_state takes, as ShapeDtypeStructs
-    abstract_frozen: dict = None  # the frozen dict, as ShapeDtypeStructs
-    initial_arrays: object = None  # starting UNet → (init_state's argument, frozen dict), host arrays
-    trainable_shardings: object = None  # where init_state's argument lives
-
-
-def opt_state_shardings(abstract_opt_state, param_shardings: dict, mesh):
-    """Optimizer leaves that mirror a parameter (Adam's mu, nu) take its sharding; the rest (counts)
-    are replicated."""
-    def one(path, leaf):
-        for entry in path:
-            key = getattr(entry, "key", None)
-            if key in param_shardings and tuple(leaf.shape) == tuple(param_shardings[key][1]):
-                return param_shardings[key][0]
-        return shd.replicated(mesh)
-
-    return jax.tree_util.tree_map_with_path(one, abstract_opt_state)
-
-
 def build_programs(cfg, unet_abstract, mesh, encoders, tx, schedule) -> Programs:
     t = cfg.train
     codec = ParamCodec(unet_abstract)
@@ -237,21 +209,9 @@ def make_encode(cfg, encoders, mesh):
 def make_programs(cfg, unet_abstract, mesh, encoders) -> Programs:
     """The programs of the config's phase: diffusion (this file) or adversarial (train/adversarial.py)."""
     if cfg.train.phase == "adversarial":
-        from mvd_jax.train.adversarial import build_adversarial_programs
-
-        return build_adversarial_programs(cfg, unet_abstract, mesh, make_encode(cfg, encoders, mesh),
-                                          opt_state_shardings)
+        return build_adversarial_programs(cfg, unet_abstract, mesh, make_encode(cfg, encoders, mesh))
     tx, schedule = make_optimizer(cfg.optimizer)
     return build_programs(cfg, unet_abstract, mesh, encoders, tx, schedule)
-
-
-def gate_keep_at(t, step):
-    """Temporal blocks kept by the sampled gates at `step`: gate_keep, or the linear schedule from
-    gate_keep_start down to it over gate_anneal_steps (a traced int32 inside the step)."""
-    if not t.gate_keep_start:
-        return t.gate_keep
-    frac = jnp.minimum(1.0, step.astype(jnp.float32) / t.gate_anneal_steps)
-    return jnp.round(t.gate_keep_start + frac * (t.gate_keep - t.gate_keep_start)).astype(jnp.int32)
 
 
 # =============================================================================================
