@@ -105,11 +105,11 @@ import torch  # noqa: E402
 
 import oracle  # noqa: E402
 from bench_io import write_json  # noqa: E402
-from mvd_jax.config import load_config, unet_config  # noqa: E402
+from mvd_jax.settings import load_config, unet_config  # noqa: E402
 from mvd_jax.convert.diffusers_unet import unet_from_tensors, unet_to_tensors  # noqa: E402
 from mvd_jax.diffusion import edm  # noqa: E402
 from mvd_jax.models.unet_config import UNetConfig  # noqa: E402
-from mvd_jax.train.config import defaults  # noqa: E402
+from mvd_jax.settings import defaults  # noqa: E402
 from mvd_jax.train.model_state import ParamCodec, make_optimizer  # noqa: E402
 
 MIB = 2**20
@@ -195,7 +195,7 @@ def trainer_program(cfg: UNetConfig, unet, size, batch_size, opt):
     """The trainer's own jitted step (EMA, finite checks, σ/ε from its key) from build_programs."""
     from mvd_jax.convert.diffusers_unet import abstract_unet
     from mvd_jax.train import sharding as shd
-    from mvd_jax.train.config import resolve
+    from mvd_jax.settings import resolve
     from mvd_jax.train.trainer import build_programs
 
     frames, h, w = size

@@ -197,8 +197,7 @@ def jax_only_row(name: str, cfg: UNetConfig, size, args) -> dict:
 
 
 def paper_model(path: str) -> tuple[UNetConfig, tuple[int, int, int]]:
-    from mvd_jax.config import load_config, unet_config
-    from mvd_jax.train.config import latent_geometry
+    from mvd_jax.settings import latent_geometry, load_config, unet_config
 
     c = load_config(str(REPO / path))
     cfg = unet_config(c)

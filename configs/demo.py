@@ -17,7 +17,7 @@ SVD-size model section (configs/paper/*.py).
 import ml_collections
 
 from mvd_jax.models.unet_config import UNetConfig
-from mvd_jax.train.config import resolve
+from mvd_jax.settings import resolve
 
 
 def get_config(arg: str = "demo"):

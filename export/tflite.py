@@ -29,20 +29,20 @@ export stands but AI Hub could not be used or its job failed.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
-from mvd_jax.errors import UserError, cli_main
+from mvd_jax import settings
+from mvd_jax.errors import ArgumentParser, UserError, cli_main
 
 COMPONENT_NAMES = {"unet": "unet_step", "vae_decoder": "vae_decoder", "vae_encoder": "vae_encoder",
                    "clip": "clip_image_encoder"}
 
 
-def _csv(value: str, allowed, what: str) -> list[str]:
+def _csv(value: str, allowed, what: str) -> list[str]:  # bench/litert_vs_jax.py parses its options with it
     items = [v.strip() for v in value.split(",") if v.strip()]
     bad = [v for v in items if v not in allowed]
     if bad or not items:
@@ -120,7 +120,7 @@ def geometry(args, s: Sources) -> dict:
     if s.vae is not None:
         factor = s.vae.config.downsampling_factor
     elif cfg is not None:  # the run's VAE, from its config file (latent_geometry)
-        from mvd_jax.train.config import latent_geometry
+        from mvd_jax.settings import latent_geometry
 
         factor = latent_geometry(cfg)[0]
     else:
@@ -231,38 +231,49 @@ def format_table(reports) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows)
 
 
-@cli_main
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.tflite", description=__doc__.split("\n")[0])
+def parser() -> ArgumentParser:
+    """The command's options; each number's and name list's `type=` is its rule (mvd_jax/settings.py), checked
+    while parsing."""
+    from mvd_jax.export.functions import COMPONENTS
+    from mvd_jax.export.tflite import PRECISIONS
+
+    p = ArgumentParser(prog="python -m export.tflite", description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group()
     src.add_argument("--run", help="trainer run directory: UNet (EMA), VAE and CLIP as its config names them")
     src.add_argument("--unet", help="a trainer run directory or a diffusers unet folder (the UNet only)")
     p.add_argument("--checkpoint", help="SVD pipeline folder (unet/, vae/, image_encoder/) for the VAE and CLIP")
     p.add_argument("--out", required=True, help="output folder for the .tflite files and report.json")
-    p.add_argument("--precision", default="fp32,fp16", help="comma-separated: fp32, fp16, int8 (default fp32,fp16)")
-    p.add_argument("--components", default=None,
+    p.add_argument("--precision", type=settings.Subset(PRECISIONS), default="fp32,fp16",
+                   help="comma-separated: fp32, fp16, int8 (default fp32,fp16)")
+    p.add_argument("--components", type=settings.Subset(COMPONENTS), default=None,
                    help="comma-separated: unet, vae_decoder, vae_encoder, clip (default: all the sources allow)")
-    p.add_argument("--frames", type=int, default=None)
-    p.add_argument("--height", type=int, default=None, help="video height in pixels")
-    p.add_argument("--width", type=int, default=None, help="video width in pixels")
-    p.add_argument("--decode-chunk", type=int, default=None, help="frames per VAE decoder call (default: all)")
-    p.add_argument("--sigma-max", type=float, default=None, help="σ of the single step (default 700, SVD's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the verification inputs (random and the real clip's)")
+    p.add_argument("--frames", type=settings.POSITIVE, default=None)
+    p.add_argument("--height", type=settings.POSITIVE, default=None, help="video height in pixels")
+    p.add_argument("--width", type=settings.POSITIVE, default=None, help="video width in pixels")
+    p.add_argument("--decode-chunk", type=settings.POSITIVE, default=None, help="frames per VAE decoder call (default: all)")
+    p.add_argument("--sigma-max", type=settings.Float(min=0, min_open=True), default=None,
+                   help="σ of the single step (default 700, SVD's)")
+    p.add_argument("--seed", type=settings.SEED, default=0,
+                   help="seed of the verification inputs (random and the real clip's)")
     p.add_argument("--no-real-inputs", action="store_true",
                    help="verify on random inputs only (default for a run directory: also on one clip of its data)")
     p.add_argument("--ai-hub-device", default=None, help='run and profile on this AI Hub device, e.g. "Samsung Galaxy S24"')
-    args = p.parse_args(argv)
+    return p
+
+
+@cli_main
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     from mvd_jax.compile_cache import enable_persistent_cache
 
     enable_persistent_cache()  # a repeated run loads its compiled programs instead of recompiling
 
     from mvd_jax.export import ExportError
-    from mvd_jax.export.functions import COMPONENTS
-    from mvd_jax.export.tflite import PRECISIONS, concrete_function, export_component
+    from mvd_jax.export.tflite import concrete_function, export_component
 
-    precisions = _csv(args.precision, PRECISIONS, "precision")
+    precisions = args.precision
     if args.components:
-        components = _csv(args.components, COMPONENTS, "components")
+        components = args.components
     else:
         components = ["unet"] + (["vae_decoder", "vae_encoder", "clip"] if (args.run or args.checkpoint) else [])
     if not (args.run or args.unet or args.checkpoint):

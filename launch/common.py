@@ -42,8 +42,7 @@ def load_trainer_config(config: str, overrides: list[str]):
     from absl import flags
     from ml_collections import config_flags
 
-    from mvd_jax.config import validate
-    from mvd_jax.train.config import resolve
+    from mvd_jax.settings import resolve, validate
 
     bad = [o for o in overrides if not o.startswith("--config.")]
     if bad:

@@ -5,6 +5,7 @@ raises `UserError`. Command-line entry points catch it and print one line instea
 library callers get an ordinary exception (it subclasses ValueError) whose message may carry more
 lines of detail after the first (e.g. every mismatched parameter of a checkpoint).
 """
+import argparse
 import functools
 import os
 import sys
@@ -34,3 +35,12 @@ def cli_main(fn):
             sys.exit(2)
 
     return wrapper
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose refusals read like every other user error: one `error:` line (no usage block), exit 2.
+    An option whose `type=` is a rule of mvd_jax/settings.py is range-checked while parsing."""
+
+    def error(self, message):
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)

@@ -14,11 +14,11 @@ Everything is checked (paths, image, sizes) before any model is loaded.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
-from mvd_jax.errors import UserError, cli_main
+from mvd_jax import settings
+from mvd_jax.errors import ArgumentParser, UserError, cli_main
 
 
 def _open_image(path):
@@ -46,27 +46,32 @@ def _load_unet(path):
     return load_unet(path)
 
 
-@cli_main
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m mvd_jax.sample", description=__doc__.split("\n")[0])
+def parser() -> ArgumentParser:
+    """The command's options; each number's `type=` is its rule (mvd_jax/settings.py), checked while parsing."""
+    p = ArgumentParser(prog="python -m mvd_jax.sample", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="SVD diffusers folder with unet/, vae/, image_encoder/")
     p.add_argument("--unet", default=None, help="a trainer run directory or a diffusers unet/ folder to use instead "
                    "of SVD_DIR/unet")
     p.add_argument("--image", required=True)
     p.add_argument("--out", required=True, help="output .mp4 or .gif")
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--frames", type=int, default=14)
-    p.add_argument("--height", type=int, default=576)
-    p.add_argument("--width", type=int, default=1024)
-    p.add_argument("--fps", type=int, default=7)
-    p.add_argument("--motion_bucket_id", type=int, default=127)
-    p.add_argument("--noise_aug_strength", type=float, default=0.02)
-    p.add_argument("--min_guidance_scale", type=float, default=1.0)
-    p.add_argument("--max_guidance_scale", type=float, default=None,
+    p.add_argument("--steps", type=settings.POSITIVE, default=25)
+    p.add_argument("--frames", type=settings.POSITIVE, default=14)
+    p.add_argument("--height", type=settings.POSITIVE, default=576)
+    p.add_argument("--width", type=settings.POSITIVE, default=1024)
+    p.add_argument("--fps", type=settings.POSITIVE, default=7, help="frame rate (conditioning: fps − 1)")
+    p.add_argument("--motion_bucket_id", type=settings.Int(0), default=127)
+    p.add_argument("--noise_aug_strength", type=settings.Float(min=0), default=0.02)
+    p.add_argument("--min_guidance_scale", type=settings.Float(min=0), default=1.0)
+    p.add_argument("--max_guidance_scale", type=settings.Float(min=0), default=None,
                    help="default: 3.0, or 1.0 (no guidance) with --steps 1")
-    p.add_argument("--decode_chunk_size", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    p.add_argument("--decode_chunk_size", type=settings.POSITIVE, default=None)
+    p.add_argument("--seed", type=settings.SEED, default=0)
+    return p
+
+
+@cli_main
+def main(argv=None):
+    args = parser().parse_args(argv)
     from mvd_jax.compile_cache import enable_persistent_cache
 
     enable_persistent_cache()  # a repeated run loads its compiled programs instead of recompiling
@@ -77,8 +82,8 @@ def main(argv=None):
     from mvd_jax.diffusion.pipeline import ImageToVideo, SampleOptions, check_options, check_pipeline_folder
     from mvd_jax.video_io import check_output_path, write_video
 
-    out = check_output_path(args.out)  # fail before any model work
-    image = _open_image(args.image)
+    # fail before any model work: the output path, the sizes the VAE can make, then the image
+    out = check_output_path(args.out)
     max_scale = args.max_guidance_scale if args.max_guidance_scale is not None else (3.0 if args.steps > 1 else 1.0)
     options = SampleOptions(num_frames=args.frames, height=args.height, width=args.width, steps=args.steps,
                             min_guidance_scale=args.min_guidance_scale, max_guidance_scale=max_scale,
@@ -87,6 +92,7 @@ def main(argv=None):
                             seed=args.seed)
     folder = check_pipeline_folder(args.checkpoint)
     check_options(options, read_vae_config(folder / "vae").downsampling_factor)
+    image = _open_image(args.image)
 
     t0 = time.perf_counter()
     pipe = ImageToVideo.from_folder(folder, unet=_load_unet(args.unet) if args.unet else None)

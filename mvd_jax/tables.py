@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mvd_jax.config import load_config, unet_config
+from mvd_jax.settings import load_config, unet_config
 from mvd_jax.convert.diffusers_unet import abstract_unet
 from mvd_jax.errors import UserError, cli_main
 from mvd_jax.eval.flops import count_flops

@@ -283,7 +283,7 @@ def cpu_device_count(topology: str):
 def compile_for_tpu(config, tpu: TpuSlice, num_slices: int = 1, compile: bool = True) -> dict:
     """The AOT report (train/aot.py) of `config` on `num_slices` × `tpu`, described by libtpu on this host."""
     from mvd_jax.train.aot import compile_train_step, device_mesh, tpu_topology_devices
-    from mvd_jax.train.config import resolve
+    from mvd_jax.settings import resolve
 
     devices = tpu_topology_devices(tpu.libtpu_topology, chip_config_name=tpu.generation.chip_config_name,
                                    chips_per_host_bounds=tpu.chips_per_host_bounds, num_slices=num_slices)
@@ -324,7 +324,7 @@ def main(argv):
             jax.config.update("jax_num_cpu_devices", n)  # before the backend starts
         if F.fast.value:
             jax.config.update("jax_exec_time_optimization_effort", -1.0)
-        from mvd_jax.config import validate
+        from mvd_jax.settings import validate
         from mvd_jax.train.compile_report import format_attention, format_report
 
         if F.config.value is None:

@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mvd_jax.config import load_config, unet_config
+from mvd_jax.settings import latent_geometry, load_config, resolve, unet_config
 from mvd_jax.train import sharding as shd
 from mvd_jax.train.adversarial import DISCRIMINATOR_PREFIX
-from mvd_jax.train.config import latent_geometry, resolve
 from mvd_jax.train.metrics import read_metrics
 from mvd_jax.train.model_state import build_unet
 from mvd_jax.train.trainer import make_programs

@@ -117,7 +117,7 @@ def run_config(unet, pipeline_folder, videos="demo"):
     """A trainer config for the module's models: `unet`'s architecture, the folder's VAE + CLIP, `videos`."""
     import ml_collections
 
-    from mvd_jax.train.config import resolve
+    from mvd_jax.settings import resolve
 
     return resolve(ml_collections.ConfigDict(dict(
         model=unet.config.to_dict(), frames=FRAMES, height=HEIGHT, width=WIDTH, data=dict(videos=str(videos)),
@@ -520,7 +520,7 @@ def test_main_job_configuration_exports_without_control_flow(monkeypatch):
     loops) exported as the exporter builds it: no loop in any component's traced function, and the UNet
     step's TFLite census has no WHILE / DYNAMIC_UPDATE_SLICE although the model was last traced (and the
     module left) in the CPU's blocked form."""
-    from mvd_jax.config import load_config, unet_config
+    from mvd_jax.settings import load_config, unet_config
     from mvd_jax.models import attention_kernel
     from mvd_jax.train.model_state import build_unet
     from mvd_jax.train.trainer import build_autoencoder

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 import oracle
-from mvd_jax.config import load_config, unet_config
+from mvd_jax.settings import load_config, unet_config
 from mvd_jax.convert.diffusers_unet import unet_to_tensors
 from mvd_jax.errors import UserError
 from mvd_jax.models.funnels import add_funnels, merge_funnels
@@ -130,7 +130,7 @@ def test_gate_learning_then_pruning_stage(tmp_path):
 def test_paper_stage_configs_chain_by_init_from():
     """configs/stages/mobilevd.py: each stage names the previous stage's run and changes only what its
     stage adds, so carry_unet accepts every hand-over (checked on the configs, no weights needed)."""
-    from mvd_jax.train.config import resolve
+    from mvd_jax.settings import resolve
 
     stages = ["lowres", "adversarial", "multiscale", "gates", "pruned", "funnels"]
     configs = {s: resolve(load_config(str(ROOT / "configs" / "stages" / "mobilevd.py") + ":" + s)) for s in stages}

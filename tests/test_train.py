@@ -148,9 +148,8 @@ def test_loss_falls_on_a_fixed_batch_and_ema_follows_its_recursion(env):
     import jax
     from flax import nnx
 
-    from mvd_jax.config import load_config, unet_config
+    from mvd_jax.settings import load_config, resolve, unet_config
     from mvd_jax.train import sharding as shd
-    from mvd_jax.train.config import resolve
     from mvd_jax.train.model_state import build_unet, make_optimizer
     from mvd_jax.train.trainer import _next_batch, build_autoencoder, build_programs, make_data
 
@@ -185,7 +184,7 @@ def test_loss_falls_on_a_fixed_batch_and_ema_follows_its_recursion(env):
 
 
 def test_bad_settings_fail_clearly(tmp_path):
-    from mvd_jax.config import load_config
+    from mvd_jax.settings import load_config
     from mvd_jax.errors import UserError
     from mvd_jax.train.sharding import check_batch, make_mesh, mesh_shape
     from mvd_jax.train.trainer import train

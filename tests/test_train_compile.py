@@ -18,7 +18,7 @@ SCRIPT = """
 import json, sys
 import jax
 jax.config.update("jax_num_cpu_devices", 4)
-from mvd_jax.config import load_config
+from mvd_jax.settings import load_config
 from mvd_jax.train.aot import compile_train_step
 out = {}
 for name, mesh, remat in (("data4", (4, 1), False), ("fsdp4", (1, 4), False), ("fsdp4_remat", (1, 4), True)):

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mvd_jax.config import load_config, unet_config
+from mvd_jax.settings import latent_geometry, load_config, resolve, unet_config
 from mvd_jax.train import sharding as shd
-from mvd_jax.train.config import latent_geometry, resolve
 from mvd_jax.train.model_state import ParamCodec, build_unet, make_optimizer
 from mvd_jax.train.trainer import build_programs
 

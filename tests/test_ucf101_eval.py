@@ -69,7 +69,7 @@ def run(ucf_root, folder, out, *extra):
 def row_config(tmp_path, name, options):
     """A paper-style config file (efficiency_row) with the given UNetConfig options."""
     path = tmp_path / f"{name}.py"
-    path.write_text("from mvd_jax.config import efficiency_row\nfrom mvd_jax.models.unet_config import UNetConfig\n"
+    path.write_text("from mvd_jax.settings import efficiency_row\nfrom mvd_jax.models.unet_config import UNetConfig\n"
                     f"def get_config():\n    return efficiency_row('{name}', UNetConfig({options}), height=256, width=512)\n")
     return path
 

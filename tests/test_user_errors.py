@@ -118,7 +118,7 @@ def test_negative_adversarial_weights_are_refused(key, value):
     import ml_collections
 
     from mvd_jax.models.unet_config import UNetConfig
-    from mvd_jax.train.config import resolve
+    from mvd_jax.settings import resolve
 
     c = ml_collections.ConfigDict()
     c.name, c.frames, c.height, c.width = "x", 2, 64, 64

@@ -21,7 +21,7 @@ if settings.get("coordinator"):
 
 from jax.experimental import multihost_utils  # noqa: E402
 
-from mvd_jax.config import load_config  # noqa: E402
+from mvd_jax.settings import load_config  # noqa: E402
 from mvd_jax.train.trainer import train  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

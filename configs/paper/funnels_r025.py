@@ -5,7 +5,7 @@ uncollapsed cross-attention (its 'Original UNet' is 8.6), so these rows do too. 
 Efficiency table (params, TFLOPs per UNet forward):
     python -m mvd_jax.tables --configs=configs/paper/funnels_r025.py
 """
-from mvd_jax.config import efficiency_row
+from mvd_jax.settings import efficiency_row
 from mvd_jax.models.unet_config import UNetConfig
 
 

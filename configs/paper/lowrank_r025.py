@@ -5,7 +5,7 @@ uncollapsed cross-attention as in Table 5. 14 frames at 512×256, batch 1. Paper
 Efficiency table (params, TFLOPs per UNet forward):
     python -m mvd_jax.tables --configs=configs/paper/lowrank_r025.py
 """
-from mvd_jax.config import efficiency_row
+from mvd_jax.settings import efficiency_row
 from mvd_jax.models.unet_config import UNetConfig
 
 

@@ -5,7 +5,7 @@ see gates.SVD_BLOCKS_BY_COST). 14 frames at 512×256, batch 1. Paper: Tables 2 a
 Efficiency table (params, TFLOPs per UNet forward):
     python -m mvd_jax.tables --configs=configs/paper/pruned_70.py
 """
-from mvd_jax.config import efficiency_row
+from mvd_jax.settings import efficiency_row
 from mvd_jax.models.gates import SVD_BLOCKS_BY_COST
 from mvd_jax.models.unet_config import UNetConfig
 

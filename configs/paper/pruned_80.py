@@ -4,7 +4,7 @@ method 80 %.
 Efficiency table (params, TFLOPs per UNet forward):
     python -m mvd_jax.tables --configs=configs/paper/pruned_80.py
 """
-from mvd_jax.config import efficiency_row
+from mvd_jax.settings import efficiency_row
 from mvd_jax.models.gates import SVD_BLOCKS_BY_COST
 from mvd_jax.models.unet_config import UNetConfig
 

@@ -4,7 +4,7 @@ frames at 512×256, batch 1. Paper: Table 3, spatial ms. only.
 Efficiency table (params, TFLOPs per UNet forward):
     python -m mvd_jax.tables --configs=configs/paper/spatial_ms.py
 """
-from mvd_jax.config import efficiency_row
+from mvd_jax.settings import efficiency_row
 from mvd_jax.models.unet_config import UNetConfig
 
 

@@ -3,7 +3,7 @@
 Efficiency table (params, TFLOPs per UNet forward):
     python -m mvd_jax.tables --configs=configs/paper/svd_512x256.py
 """
-from mvd_jax.config import efficiency_row
+from mvd_jax.settings import efficiency_row
 from mvd_jax.models.unet_config import UNetConfig
 
 

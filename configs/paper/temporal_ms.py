@@ -4,7 +4,7 @@ Paper: Tables 2 and 3, + temporal multiscaling.
 Efficiency table (params, TFLOPs per UNet forward):
     python -m mvd_jax.tables --configs=configs/paper/temporal_ms.py
 """
-from mvd_jax.config import efficiency_row
+from mvd_jax.settings import efficiency_row
 from mvd_jax.models.unet_config import UNetConfig
 
 

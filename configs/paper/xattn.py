@@ -4,7 +4,7 @@ Paper: Table 2, + optimized cross-attention.
 Efficiency table (params, TFLOPs per UNet forward):
     python -m mvd_jax.tables --configs=configs/paper/xattn.py
 """
-from mvd_jax.config import efficiency_row
+from mvd_jax.settings import efficiency_row
 from mvd_jax.models.unet_config import UNetConfig
 
 

@@ -27,7 +27,7 @@ efficiency of each stage's model: configs/paper/{svd_512x256,xattn,temporal_ms,p
 import ml_collections
 
 from mvd_jax.models.unet_config import UNetConfig
-from mvd_jax.train.config import resolve
+from mvd_jax.settings import resolve
 
 STAGES = ("lowres", "adversarial", "multiscale", "gates", "pruned", "funnels")
 RUNS = "runs/mobilevd"

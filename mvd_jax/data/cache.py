@@ -277,7 +277,7 @@ class CachedClipLoader:
 def _settings_from_args(args) -> CacheSettings:
     base = CacheSettings()
     if args.config:
-        from mvd_jax.config import load_config
+        from mvd_jax.settings import load_config
 
         cfg = load_config(args.config)
         data = cfg.get("data", None) or {}

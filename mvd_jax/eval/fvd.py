@@ -38,7 +38,6 @@ frechet_video_distance.py with the TF-hub I3D and tfgan's distance):
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import dataclasses
@@ -52,7 +51,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from mvd_jax.errors import UserError, cli_main
+from mvd_jax.errors import ArgumentParser, UserError, cli_main
 
 FEATURE_DIM = 400
 
@@ -390,27 +389,30 @@ def folder_stats(folder, paths, extractor: FeatureExtractor, frames: int, resize
                    "videos_skipped": len(skipped), "skipped": skipped}
 
 
-@cli_main
-def main(argv=None):
+def parser() -> ArgumentParser:
+    """The command's options; each number's `type=` is its rule (mvd_jax/settings.py), checked while parsing."""
+    from mvd_jax import settings
     from mvd_jax.eval.i3d import MIN_FRAMES
 
-    p = argparse.ArgumentParser(prog="python -m mvd_jax.eval.fvd", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m mvd_jax.eval.fvd", description=__doc__.split("\n")[0])
     p.add_argument("--real", required=True, help="folder of real videos (searched recursively)")
     p.add_argument("--generated", required=True, help="folder of generated videos (searched recursively)")
-    p.add_argument("--frames", type=int, default=16, help="frames per video: the first N (default 16)")
-    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--frames", type=settings.Int(MIN_FRAMES), default=16,
+                   help=f"frames per video: the first N (default 16; ≥ {MIN_FRAMES}, I3D's temporal receptive field)")
+    p.add_argument("--batch_size", type=settings.POSITIVE, default=8)
     p.add_argument("--resize", default=None, help="resize frames to WxH first (e.g. 320x240); default: no")
     p.add_argument("--out", default=None, help="write the result as JSON here")
-    args = p.parse_args(argv)
+    return p
+
+
+@cli_main
+def main(argv=None):
+    args = parser().parse_args(argv)
+    resize = parse_size(args.resize) if args.resize else None
     from mvd_jax.compile_cache import enable_persistent_cache
 
     enable_persistent_cache()  # a repeated run loads its compiled programs instead of recompiling
 
-    if args.frames < MIN_FRAMES:
-        raise UserError(f"--frames must be ≥ {MIN_FRAMES} (I3D's temporal receptive field), got {args.frames}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch_size must be ≥ 1, got {args.batch_size}")
-    resize = parse_size(args.resize) if args.resize else None
     for name in ("real", "generated"):
         if not Path(getattr(args, name)).is_dir():
             raise UserError(f"--{name} folder not found: {getattr(args, name)}")

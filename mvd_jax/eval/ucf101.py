@@ -45,7 +45,6 @@ setting, the video ids, skipped videos, I3D details and software versions.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -55,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mvd_jax.errors import UserError, cli_main
+from mvd_jax.errors import ArgumentParser, UserError, cli_main
 
 FVD_SIZE = (320, 240)  # (width, height) the protocol resizes both sides to
 # MobileVD options that add, remove or reshape parameters: a checkpoint must have been trained with them.
@@ -184,7 +183,7 @@ def build_pipeline(folder: Path, config, config_name: str | None):
 
 def mobilevd_options(config) -> dict:
     """The MobileVD fields of a config's model section (UNetConfig.MOBILEVD_KEYS)."""
-    from mvd_jax.config import unet_config
+    from mvd_jax.settings import unet_config
     from mvd_jax.models.unet_config import MOBILEVD_KEYS
 
     model = unet_config(config)
@@ -215,46 +214,52 @@ def _settings_jsonable(d: dict) -> dict:
     return json.loads(json.dumps(d, default=lambda x: list(x) if isinstance(x, tuple) else str(x)))
 
 
-@cli_main
-def main(argv=None):
+def parser() -> ArgumentParser:
+    """The command's options; each number's `type=` is its rule (mvd_jax/settings.py), checked while parsing."""
+    from mvd_jax import settings
     from mvd_jax.eval.i3d import MIN_FRAMES
 
-    p = argparse.ArgumentParser(prog="python -m mvd_jax.eval.ucf101", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m mvd_jax.eval.ucf101", description=__doc__.split("\n")[0])
     p.add_argument("--ucf_root", required=True, help="UCF-101 folder: ROOT/ClassName/v_*.avi")
     p.add_argument("--checkpoint", required=True, help="SVD diffusers pipeline folder (unet/, vae/, image_encoder/)")
     p.add_argument("--config", default=None, help="paper config (file.py[:arg]) whose MobileVD options the UNet gets")
     p.add_argument("--name", default=None, help="row label for the tables (default: the config's file name)")
     p.add_argument("--fps", type=int, required=True, choices=(7, 25), help="frame rate of real clips and fps conditioning")
-    p.add_argument("--num_videos", type=int, required=True)
+    p.add_argument("--num_videos", type=settings.Int(2), required=True, help="≥ 2: a covariance needs two videos")
     p.add_argument("--out", required=True, help="run folder: generated/, settings.json, result.json")
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--frames", type=int, default=None, help="default: the config's frames, else 14")
-    p.add_argument("--height", type=int, default=None, help="default: the config's height, else 256")
-    p.add_argument("--width", type=int, default=None, help="default: the config's width, else 512")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--min_guidance_scale", type=float, default=1.0)
-    p.add_argument("--max_guidance_scale", type=float, default=None, help="default 3.0, or 1.0 with --steps 1")
-    p.add_argument("--motion_bucket_id", type=int, default=127)
-    p.add_argument("--noise_aug_strength", type=float, default=0.02)
-    p.add_argument("--decode_chunk_size", type=int, default=None)
-    p.add_argument("--batch_size", type=int, default=8, help="videos per I3D batch")
-    args = p.parse_args(argv)
+    p.add_argument("--steps", type=settings.POSITIVE, default=25)
+    p.add_argument("--frames", type=settings.Int(MIN_FRAMES), default=None,
+                   help=f"default: the config's frames, else 14 (≥ {MIN_FRAMES}, I3D's temporal receptive field)")
+    p.add_argument("--height", type=settings.POSITIVE, default=None, help="default: the config's height, else 256")
+    p.add_argument("--width", type=settings.POSITIVE, default=None, help="default: the config's width, else 512")
+    p.add_argument("--seed", type=settings.SEED, default=0)
+    p.add_argument("--min_guidance_scale", type=settings.Float(min=0), default=1.0)
+    p.add_argument("--max_guidance_scale", type=settings.Float(min=0), default=None,
+                   help="default 3.0, or 1.0 with --steps 1")
+    p.add_argument("--motion_bucket_id", type=settings.Int(0), default=127)
+    p.add_argument("--noise_aug_strength", type=settings.Float(min=0), default=0.02)
+    p.add_argument("--decode_chunk_size", type=settings.POSITIVE, default=None)
+    p.add_argument("--batch_size", type=settings.POSITIVE, default=8, help="videos per I3D batch")
+    return p
+
+
+@cli_main
+def main(argv=None):
+    from mvd_jax.eval.i3d import MIN_FRAMES
+
+    args = parser().parse_args(argv)
     from mvd_jax.compile_cache import enable_persistent_cache
 
     enable_persistent_cache()  # a repeated run loads its compiled programs instead of recompiling
 
-    from mvd_jax.config import load_config
     from mvd_jax.convert.diffusers_vae import read_vae_config
     from mvd_jax.diffusion.pipeline import SampleOptions, check_options, check_pipeline_folder
+    from mvd_jax.settings import load_config
 
     # ---- everything checked before any model or video work -------------------------------------
     root = Path(args.ucf_root)
     if not root.is_dir():
         raise UserError(f"--ucf_root folder not found: {root}")
-    if args.num_videos < 2:
-        raise UserError(f"--num_videos must be ≥ 2 (a covariance needs two videos), got {args.num_videos}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch_size must be ≥ 1, got {args.batch_size}")
     folder = check_pipeline_folder(args.checkpoint)
     config = load_config(args.config) if args.config else None
     config_name = Path(args.config.partition(":")[0]).stem if args.config else None

@@ -24,12 +24,11 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
-from mvd_jax.config import unet_config
 from mvd_jax.errors import UserError
 from mvd_jax.models import attention_kernel
 from mvd_jax.train import sharding as shd
 from mvd_jax.train.compile_report import compiled_report
-from mvd_jax.train.config import latent_geometry, resolve
+from mvd_jax.settings import latent_geometry, resolve, unet_config
 
 
 def abstract_batch(cfg, unet_cfg, batch_size: int, mesh) -> dict:

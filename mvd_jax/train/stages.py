@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 
 from mvd_jax import storage
-from mvd_jax.config import unet_config
+from mvd_jax.settings import unet_config
 from mvd_jax.errors import UserError
 
 # Config fields a transition may change; every other UNet field must match between the stages.

