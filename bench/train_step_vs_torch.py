@@ -101,9 +101,12 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-import torch  # noqa: E402
+try:
+    import torch  # noqa: E402
 
-import oracle  # noqa: E402
+    import oracle  # noqa: E402
+except ImportError:  # a JAX-only environment: bench/gpu_benchmark.py --skip-torch uses the NumPy/JAX helpers
+    torch = oracle = None
 from bench_io import write_json  # noqa: E402
 from mvd_jax.settings import load_config, unet_config  # noqa: E402
 from mvd_jax.convert.diffusers_unet import unet_from_tensors, unet_to_tensors  # noqa: E402
