@@ -1,22 +1,32 @@
-"""The scaling table: the smallest v5e / v5p / v6e slice where full-UNet training of SVD 512×256, SVD 1024×576
-and MobileVD fits, with per-chip memory and FLOPs — from the AOT compile of the real train step on this CPU
-host (python -m mvd_jax.train_compile), not guessed.
+"""The scaling table: the smallest v5e / v5p / v6e slice on which full-UNet training of SVD 512×256, SVD 1024×576,
+MobileVD and MobileVD-HD (and MobileVD's adversarial phase) fits at 1, 2 and 4 clips per chip — from the AOT
+compile of the real train step on this CPU host (python -m mvd_jax.train_compile), not guessed.
 
-    python launch/scaling_table.py                      # every row: compile upwards until a slice fits
-    python launch/scaling_table.py --only svd_512x256:v5e:2x4   # one cell
-    python launch/scaling_table.py --table              # print what launch/scaling_results.json holds
-    python launch/scaling_table.py --plan_only          # no compiles: the train state per chip (a lower bound)
+    python launch/scaling_table.py                                  # every cell not recorded yet, in priority order
+    python launch/scaling_table.py --rows svd_512x256 --generations v5e --per_chip 1
+    python launch/scaling_table.py --only svd_512x256:v5e:2x2:1     # one compile: ROW:TOPOLOGY:CLIPS_PER_CHIP
+    python launch/scaling_table.py --table                          # print what launch/scaling_results.json holds
+    python launch/scaling_table.py --plan_only                      # no compiles: the train state per chip
 
-Setting of every cell (stated in the table): all parameters trained (AdamW, EMA), `train.remat=True`,
-`train.dtype=bfloat16` (float32 parameters), FSDP over every chip (`mesh.data=1, mesh.fsdp=chips`), one
-14-frame clip per chip (global batch = chips), the config's resolution. Each compile runs in its own
-process (`train_compile --out`), results are appended to launch/scaling_results.json as they come, so
-the table can be filled in over several sessions. An SVD-size step compiled for TPU needs more than a
-2-core, 23 GB host has: the SVD 512×256 compile for v5e:2x2 passed 20 GB of host RAM after 47 minutes and
-was stopped — run the full table on a machine with more memory (a 4-chip v5e TPU VM has 192 GB).
-`--plan_only` needs no compile (≈25 s and 0.5 GB per cell here): it sizes the train state per chip exactly from the shardings
-(parameters, EMA, Adam moments — a lower bound; activations and gradients come on top) and counts the
-FLOPs, which rules slices out and gives the smallest candidate to compile.
+Setting of every cell: all parameters trained (AdamW + EMA, float32 state; the adversarial row adds the
+discriminator's heads and its frozen UNet-encoder copy), `train.remat=True`, `train.dtype=bfloat16`,
+`train.attention=auto` (on TPU: the Pallas flash kernel for the spatial self-attention, XLA's form for the
+rest; models/attention_kernel.py), FSDP over every chip (`mesh.data=1, mesh.fsdp=chips`), B clips of 14
+frames per chip (global batch = B × chips), the config's resolution.
+
+The search for one (row, generation, B). Compiles are expensive here (an SVD-size step: tens of minutes and
+up to ~20 GB of host RAM, one at a time), so no compile is spent where arithmetic already decides:
+- under FSDP a chip holds 1/N of the train state (exact, from the shardings), and its activations,
+  gradients' working set and gathered weights depend on B, not on N. So one compiled cell (N chips) predicts
+  any other N of the same row, generation and B: total(N′) = total(N) − state/N + state/N′; before any compile
+  of that triple, a compiled cell of the same row and B on another generation gives the activation part.
+- candidates are tried from the smallest slice upwards; a slice whose prediction exceeds HBM is recorded as
+  "predicted" (not compiled) and skipped; the first slice predicted to fit is compiled, and the search goes
+  on upwards until a compiled slice fits. So "smallest that fits" is always a compiled cell, and the slices
+  below it are ruled out by a compiled neighbour's arithmetic or by their own compile.
+Each compile runs in its own process (`train_compile --out`); results are appended to
+launch/scaling_results.json as they come, so the table can be filled over several sessions; each records
+the compile's wall time and the process's peak host RSS.
 """
 from __future__ import annotations
 
@@ -31,38 +41,51 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "launch" / "scaling_results.json"
-CONFIGS = {"svd_512x256": "configs/paper/svd_512x256.py", "svd_1024x576": "configs/paper/svd_1024x576.py",
-           "mobilevd": "configs/paper/mobilevd.py"}
+# row → (config, phase)
+ROWS = {"svd_512x256": ("configs/paper/svd_512x256.py", "diffusion"),
+        "svd_1024x576": ("configs/paper/svd_1024x576.py", "diffusion"),
+        "mobilevd": ("configs/paper/mobilevd.py", "diffusion"),
+        "mobilevd_hd": ("configs/paper/mobilevd_hd.py", "diffusion"),
+        "mobilevd_adversarial": ("configs/paper/mobilevd.py", "adversarial")}
+PER_CHIP = (1, 2, 4)
 # Candidate slices per generation, smallest first (single slices; multi-slice adds data parallelism, not memory).
 CANDIDATES = {"v5e": ["v5e:1x1", "v5e:2x2", "v5e:2x4", "v5e:4x4", "v5e:4x8", "v5e:8x8", "v5e:8x16", "v5e:16x16"],
               "v5p": ["v5p:2x2x1", "v5p:2x2x2", "v5p:2x2x4", "v5p:2x4x4", "v5p:4x4x4"],
               "v6e": ["v6e:1x1", "v6e:2x2", "v6e:2x4", "v6e:4x4", "v6e:4x8", "v6e:8x8", "v6e:8x16", "v6e:16x16"]}
+UTILIZATION = 0.4
 GIB = 1024 ** 3
 
 
-def compile_cell(row: str, topology: str, fast: bool = False, plan_only: bool = False) -> dict:
+def chips_of(topology: str) -> int:
     sys.path.insert(0, str(ROOT))
     from mvd_jax.train_compile import parse_tpu
 
-    chips = parse_tpu(topology).chips
+    return parse_tpu(topology).chips
+
+
+def compile_cell(row: str, topology: str, per_chip: int, fast: bool = False, plan_only: bool = False) -> dict:
+    chips = chips_of(topology)
+    config, phase = ROWS[row]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.json"
-        cmd = [sys.executable, "-m", "mvd_jax.train_compile", f"--config={CONFIGS[row]}", f"--topology={topology}",
-               "--config.mesh.data=1", f"--config.mesh.fsdp={chips}", f"--config.train.batch_size={chips}",
-               "--config.train.remat=True", "--config.train.dtype=bfloat16", f"--out={out}"]
+        cmd = [sys.executable, "-m", "mvd_jax.train_compile", f"--config={config}", f"--topology={topology}",
+               "--config.mesh.data=1", f"--config.mesh.fsdp={chips}", f"--config.train.batch_size={chips * per_chip}",
+               "--config.train.remat=True", "--config.train.dtype=bfloat16", f"--config.train.phase={phase}",
+               f"--utilization={UTILIZATION}", f"--out={out}"]
         if fast:
             cmd.append("--fast_compile")
         if plan_only:
             cmd.append("--plan_only")
-        print("$ " + " ".join(cmd), flush=True)
+        print("$ " + " ".join(cmd[1:]), flush=True)
         t0 = time.time()
         env = dict(os.environ, JAX_PLATFORMS="cpu")
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-        print("\n".join(line for line in proc.stdout.splitlines()), flush=True)
+        print("\n".join(proc.stdout.splitlines()), flush=True)
         if proc.returncode not in (0, 3) or not out.exists():
-            raise RuntimeError(f"{row} on {topology} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+            raise RuntimeError(f"{row} on {topology} ×{per_chip} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         report = json.loads(out.read_text())
-    report.update(row=row, command=" ".join(cmd[1:]), wall_s=time.time() - t0)
+    report.update(row=row, per_chip=per_chip, command=" ".join(cmd[1:]), wall_s=time.time() - t0,
+                  fast_compile=fast)
     return report
 
 
@@ -70,62 +93,152 @@ def load() -> list:
     return json.loads(RESULTS.read_text()) if RESULTS.exists() else []
 
 
+def _key(r: dict) -> tuple:
+    return r["row"], r["topology"], r.get("per_chip", r["batch_size"] // r["devices"]), bool(r.get("planned_only"))
+
+
 def save(report: dict):
-    key = lambda r: (r["row"], r["topology"], bool(r.get("planned_only")))  # noqa: E731
-    rows = [r for r in load() if key(r) != key(report)]
+    rows = [r for r in load() if _key(r) != _key(report)]
     RESULTS.write_text(json.dumps(rows + [report], indent=1) + "\n")
 
 
-def table(rows: list) -> str:
-    lines = ["| config | slice | chips | fits | per-chip memory | HBM | FLOPs / step (jaxpr) | FLOPs / chip | "
-             "predicted step at 40 % | how |",
+def compiled(results: list, row: str, topology: str, per_chip: int):
+    return next((r for r in results if _key(r) == (row, topology, per_chip, False)), None)
+
+
+def _generation(topology: str) -> str:
+    return topology.split(":")[0]
+
+
+def needed(report: dict) -> float:
+    """Bytes per chip the compiled plan needs (the compiler's own total, or what it said when it refused)."""
+    return report["total_bytes"] if "total_bytes" in report else report["oom_used_bytes"]
+
+
+def predict(results: list, row: str, topology: str, per_chip: int, state_bytes: float):
+    """(predicted bytes per chip on `topology`, the compiled cell it comes from) — from a compiled cell of the
+    same row and clips per chip: the same generation first, else another generation's activation part.
+    `state_bytes`: the whole train state (all chips), so a chip of N holds state_bytes / N."""
+    same = [r for r in results if not r.get("planned_only") and r["row"] == row and r.get("per_chip") == per_chip
+            and ("total_bytes" in r or "oom_used_bytes" in r)]
+    same.sort(key=lambda r: (_generation(r["topology"]) != _generation(topology), r["devices"]))
+    for r in same:
+        rest = needed(r) - state_bytes / r["devices"]  # activations, gradients' working set, batch
+        return state_bytes / chips_of(topology) + rest, r
+    return None, None
+
+
+def state_bytes_of(row: str) -> float:
+    """The whole train state in bytes (parameters, EMA, Adam's moments, frozen weights), from a --plan_only
+    sizing (seconds, no compile), cached in the results file."""
+    results = load()
+    plan = next((r for r in results if r["row"] == row and r.get("planned_only")), None)
+    if plan is None:
+        plan = compile_cell(row, CANDIDATES["v5p"][0], 1, plan_only=True)
+        save(plan)
+    # the batch's share of the arguments is small and counted as state here (pessimistic for larger slices)
+    return plan["argument_bytes"] * plan["devices"]
+
+
+def search(row: str, generation: str, per_chip: int, fast: bool) -> dict | None:
+    """Compile upwards until a slice fits (see the module docstring); returns the smallest that fits."""
+    state = state_bytes_of(row)
+    for topology in CANDIDATES[generation]:
+        results = load()
+        hbm = _hbm(topology)
+        done = compiled(results, row, topology, per_chip)
+        if done is None:
+            if state / chips_of(topology) > hbm:
+                continue  # the state alone does not fit: no compile can
+            guess, basis = predict(results, row, topology, per_chip, state)
+            if guess is not None and guess > hbm:
+                print(f"skip {row} {topology} ×{per_chip}: predicted {guess / GIB:.2f} GiB per chip > "
+                      f"{hbm / GIB:.4g} GiB from the compiled {basis['topology']} ×{per_chip}", flush=True)
+                continue
+            done = compile_cell(row, topology, per_chip, fast)
+            save(done)
+        if done.get("fits"):
+            return done
+    return None
+
+
+def _hbm(topology: str) -> float:
+    sys.path.insert(0, str(ROOT))
+    from mvd_jax.train_compile import parse_tpu
+
+    return parse_tpu(topology).generation.hbm_gib * GIB
+
+
+# ---- tables ------------------------------------------------------------------------------------------------
+def smallest_table(results: list) -> str:
+    """Per row, generation and clips per chip: the smallest compiled slice that fits."""
+    lines = ["| config | per chip | " + " | ".join(CANDIDATES) + " |", "|---|---|" + "---|" * len(CANDIDATES)]
+    for row in ROWS:
+        for per_chip in PER_CHIP:
+            cells = []
+            for gen, topologies in CANDIDATES.items():
+                fit = next((compiled(results, row, t, per_chip) for t in topologies
+                            if (compiled(results, row, t, per_chip) or {}).get("fits")), None)
+                if fit is None:
+                    tried = [t for t in topologies if compiled(results, row, t, per_chip)]
+                    cells.append(f"no fit on any slice (compiled {', '.join(tried)}; larger ones predicted over HBM)"
+                                 if tried else "not compiled yet")
+                else:
+                    cells.append(f"{fit['topology']} ({fit['devices']} chips): {fit['total_bytes'] / GIB:.1f} of "
+                                 f"{fit['hbm_bytes'] / GIB:.0f} GiB, {fit['predicted_step_s']:.2f} s/step")
+            if any(c != "not compiled yet" for c in cells):
+                lines.append(f"| {row} | {per_chip} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cells_table(results: list) -> str:
+    lines = ["| config | slice | clips/chip | fits | per-chip memory (compiler's plan) | HBM | FLOPs / step (jaxpr) | "
+             f"predicted step at {UTILIZATION:.0%} | compile | host peak RSS |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["row"], r["topology"].split(":")[0], r["devices"])):
-        if r.get("planned_only"):
-            mem, how = f"state {r['argument_bytes'] / GIB:.2f} GiB + activations (not compiled)", "--plan_only"
-            fits = "state only" if r["fits"] is None else "no"
-        elif "temp_bytes" in r:
-            mem = (f"{r['total_bytes'] / GIB:.2f} GiB (args {r['argument_bytes'] / GIB:.2f} + temps "
+    for r in sorted((r for r in results if not r.get("planned_only")),
+                    key=lambda r: (list(ROWS).index(r["row"]) if r["row"] in ROWS else 99, _generation(r["topology"]),
+                                   r.get("per_chip", 1), r["devices"])):
+        if "temp_bytes" in r:
+            mem = (f"{r['total_bytes'] / GIB:.2f} GiB (state + batch {r['argument_bytes'] / GIB:.2f}, temporaries "
                    f"{r['temp_bytes'] / GIB:.2f})")
-            how, fits = f"compiled in {r['compile_s']:.0f} s", "yes" if r["fits"] else "no"
         else:
             mem = f"{r['oom_used_bytes'] / GIB:.2f} GiB (the TPU compiler ran out of HBM)"
-            how, fits = "compiled", "no"
-        lines.append(f"| {r['row']} | {r['topology']} ({r['accelerator_type']}) | {r['devices']} | {fits} | {mem} | "
-                     f"{r['hbm_bytes'] / GIB:.0f} GiB | {r['jaxpr_flops_per_step'] / 1e12:.1f} T | "
-                     f"{r['jaxpr_flops_per_step'] / r['devices'] / 1e12:.2f} T | {r['predicted_step_s']:.2f} s | "
-                     f"{how} |")
+        rss = f"{r['host_peak_rss_bytes'] / GIB:.1f} GiB" if r.get("host_peak_rss_bytes") else "–"
+        how = f"{r['compile_s'] / 60:.0f} min" + (" (fast)" if r.get("fast_compile") else "")
+        lines.append(f"| {r['row']} | {r['topology']} ({r['accelerator_type']}) | {r.get('per_chip', 1)} | "
+                     f"{'yes' if r['fits'] else 'no'} | {mem} | {r['hbm_bytes'] / GIB:.0f} GiB | "
+                     f"{r['jaxpr_flops_per_step'] / 1e12:.1f} T | {r['predicted_step_s']:.2f} s | {how} | {rss} |")
     return "\n".join(lines)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", action="append", default=[], help="ROW:TOPOLOGY, e.g. svd_512x256:v5e:2x4")
-    p.add_argument("--rows", nargs="*", default=list(CONFIGS))
-    p.add_argument("--generations", nargs="*", default=list(CANDIDATES))
+    p.add_argument("--only", action="append", default=[], help="ROW:TOPOLOGY:CLIPS_PER_CHIP, e.g. svd_512x256:v5e:2x2:1")
+    p.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
+    p.add_argument("--generations", nargs="*", default=list(CANDIDATES), choices=list(CANDIDATES))
+    p.add_argument("--per_chip", nargs="*", type=int, default=list(PER_CHIP))
     p.add_argument("--table", action="store_true", help="only print the recorded results")
     p.add_argument("--fast_compile", action="store_true")
-    p.add_argument("--plan_only", action="store_true", help="no compiles: size the train state per chip (lower bound)")
+    p.add_argument("--plan_only", action="store_true", help="no compiles: size the train state per chip")
     args = p.parse_args()
-    if not args.table:
-        cells = [tuple(c.split(":", 1)) for c in args.only]
-        mode = args.plan_only
-        find = lambda row, topo: next((r for r in load() if r["row"] == row and r["topology"] == topo  # noqa: E731
-                                       and bool(r.get("planned_only")) == mode), None)
-        if cells:
-            for row, topo in cells:
-                save(compile_cell(row, topo, args.fast_compile, mode))
-        else:
-            for row in args.rows:
+    if args.plan_only:
+        for row in args.rows:
+            state_bytes_of(row)
+    elif not args.table:
+        for cell in args.only:
+            row, gen, shape, per_chip = cell.split(":")
+            save(compile_cell(row, f"{gen}:{shape}", int(per_chip), args.fast_compile))
+        if not args.only:
+            # priority: every row at one clip per chip on each generation first, then 2 and 4 clips
+            for per_chip in args.per_chip:
                 for gen in args.generations:
-                    for topo in CANDIDATES[gen]:  # upwards until one fits (--plan_only: until the state fits)
-                        if find(row, topo) is None:
-                            save(compile_cell(row, topo, args.fast_compile, mode))
-                        if find(row, topo)["fits"] is not False:
-                            break
+                    for row in args.rows:
+                        search(row, gen, per_chip, args.fast_compile)
     print("Full-UNet training: AdamW + EMA on every parameter, remat, bf16 activations, FSDP over all chips, "
-          "one 14-frame clip per chip. Regenerate: python launch/scaling_table.py [--plan_only]")
-    print(table(load()))
+          "B 14-frame clips per chip. Regenerate: python launch/scaling_table.py")
+    results = load()
+    print("\nSmallest compiled slice that fits:\n" + smallest_table(results))
+    print("\nEvery compiled cell:\n" + cells_table(results))
 
 
 if __name__ == "__main__":

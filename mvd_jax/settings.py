@@ -611,3 +611,38 @@ def efficiency_row(name: str, model: UNetConfig, *, height: int, width: int, fra
     # latents: --config.autoencoder.checkpoint=SVD_DIR) and `mvd_jax.train_compile` can size it.
     c.autoencoder = dict(kind="svd")
     return resolve(c)
+
+
+def parse_flags(values, argv: list[str]) -> None:
+    """Parses `argv` into the absl FlagValues `values` of a command that takes `--config` (a config file) and
+    `--config.a.b=v` overrides, turning absl's and ml_collections' errors into one UserError that names the
+    flag or key, the value and what is allowed (absl itself prints "FATAL Flags parsing error" and a
+    traceback's worth of lines)."""
+    import re
+
+    from absl import flags
+    from ml_collections.config_flags.config_flags import UnsupportedOperationError
+
+    try:
+        values(argv)
+    except flags.IllegalFlagValueError as e:  # e.g. --config.train.steps=abc: say what the key takes
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        override = re.match(r"flag --config\.([\w.]+)=(.*?): ", lines[0])
+        if override and override.group(1) in RULES:
+            key, value = override.groups()
+            raise UserError(f"--config.{key}={value}: {key} must be {RULES[key].describe()}") from None
+        if len(lines) > 1 and lines[1].startswith("Traceback"):  # the config file raised: name its exception
+            raise UserError(f"{lines[0]} {lines[-1]}") from None
+        raise UserError(lines[0]) from None
+    except UnsupportedOperationError as e:  # a list-valued key, e.g. model.block_out_channels
+        field = re.search(r"field config\.([\w.]+)", str(e))
+        raise UserError(f"--config.{field.group(1) if field else '…'}: a list cannot be set on the command line; set it "
+                        "in the config file") from None
+    except flags.Error as e:  # unknown flags, ...
+        raise UserError(str(e).splitlines()[0]) from None
+    except AttributeError as e:  # --config.a.b naming a key the config does not have
+        bad = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+        key = str(e).strip("'\"")
+        raise UserError(f"unknown config key {key!r} in {' '.join(bad)}; every key: mvd_jax/settings.py") from None
+    except Exception as e:  # the config file's own error (a bad :arg, a syntax error)
+        raise UserError(f"{' '.join(a for a in argv if a.startswith('--config='))}: {str(e).splitlines()[0]}") from None

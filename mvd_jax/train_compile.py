@@ -53,7 +53,7 @@ import math
 import re
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from mvd_jax.errors import UserError
@@ -252,22 +252,26 @@ class _Flags:
     """The command's flags, defined only when it runs (importing this module for its TPU tables — as the
     launch/ scripts do — must not claim the global --config flag the trainer also defines)."""
 
-    def __init__(self):
+    def __init__(self, argv):
+        # a FlagValues of its own (tests call main in-process; the trainer's --config must not collide), with
+        # the --config.a.b overrides declared from this argv
+        self.values = v = flags.FlagValues()
         self.config = config_flags.DEFINE_config_file("config", None, "training config file (configs/*.py[:arg])",
-                                                      lock_config=True)
+                                                      lock_config=True, flag_values=v, sys_argv=argv)
         self.topology = flags.DEFINE_string("topology", "cpu:1", "cpu:N (simulated CPU devices) or a TPU slice: "
-                                            "v5e:4x8, v5p:2x2x4, v6e:4x4, v4:2x2x1, v5litepod-32, v5p-32, ...")
-        self.num_slices = flags.DEFINE_integer("num_slices", 1, "TPU slices (multi-slice; they split mesh.data)")
-        self.utilization = flags.DEFINE_float("utilization", 0.4, "fraction of bf16 peak for the predicted step time")
-        self.hbm_gib = flags.DEFINE_float("hbm_gib", None, "memory per chip to fit in (default: the chip's HBM)")
+                                            "v5e:4x8, v5p:2x2x4, v6e:4x4, v4:2x2x1, v5litepod-32, v5p-32, ...",
+                                            flag_values=v)
+        self.num_slices = flags.DEFINE_integer("num_slices", 1, "TPU slices (multi-slice; they split mesh.data)",
+                                               flag_values=v)
+        self.utilization = flags.DEFINE_float("utilization", 0.4, "fraction of bf16 peak for the predicted step time",
+                                              flag_values=v)
+        self.hbm_gib = flags.DEFINE_float("hbm_gib", None, "memory per chip to fit in (default: the chip's HBM)",
+                                          flag_values=v)
         self.fast = flags.DEFINE_bool("fast_compile", False, "lowest XLA optimisation effort (quicker; memory plan "
-                                      "pessimistic)")
-        self.out = flags.DEFINE_string("out", None, "also write the report as JSON here")
+                                      "pessimistic)", flag_values=v)
+        self.out = flags.DEFINE_string("out", None, "also write the report as JSON here", flag_values=v)
         self.plan_only = flags.DEFINE_bool("plan_only", False, "no compile: the train state's bytes per chip and "
-                                           "the FLOPs only (TPU topologies)")
-
-
-_FLAGS = None
+                                           "the FLOPs only (TPU topologies)", flag_values=v)
 
 
 def cpu_device_count(topology: str):
@@ -276,7 +280,7 @@ def cpu_device_count(topology: str):
     if kind != "cpu":
         return None
     if not n.isdigit() or int(n) < 1:
-        raise UserError(f"--topology cpu:N needs N ≥ 1, got {topology!r}")
+        raise UserError(f"--topology cpu:N: N must be ≥ 1, got {topology!r}")
     return int(n)
 
 
@@ -302,10 +306,16 @@ def tpu_verdict(report: dict, tpu: TpuSlice, hbm_gib: float | None = None) -> tu
     return report["total_bytes"] <= hbm, hbm
 
 
-def main(argv):
-    del argv
-    F = _FLAGS
+def main(argv=None):
+    argv = list(sys.argv if argv is None else argv)
+    F = _Flags(argv)
+    if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
+        print(__doc__ + "\n" + F.values.get_help())
+        return
     try:
+        from mvd_jax.settings import parse_flags
+
+        parse_flags(F.values, argv)  # a bad flag or override value: one error line naming it
         n = cpu_device_count(F.topology.value)
         try:
             tpu = None if n else parse_tpu(F.topology.value)
@@ -314,7 +324,9 @@ def main(argv):
         if n and F.plan_only.value:
             raise UserError("--plan_only is for TPU topologies")
         if F.num_slices.value < 1 or (n and F.num_slices.value != 1):
-            raise UserError("--num_slices must be ≥ 1 and is for TPU topologies only")
+            raise UserError(f"--num_slices must be ≥ 1 and is for TPU topologies only, got {F.num_slices.value}")
+        if F.hbm_gib.value is not None and not F.hbm_gib.value > 0:  # also refuses NaN
+            raise UserError(f"--hbm_gib must be > 0 (GiB per chip), got {F.hbm_gib.value}")
         if not 0 < F.utilization.value <= 1:
             raise UserError(f"--utilization must be in (0, 1], got {F.utilization.value}")
         import jax
@@ -385,5 +397,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    _FLAGS = _Flags()
-    app.run(main)
+    main()

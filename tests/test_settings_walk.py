@@ -221,6 +221,25 @@ def test_the_trainers_own_flags_are_bounded(tmp_path, monkeypatch):
     assert no_work.compiles == 0 and not (tmp_path / "run").exists()
 
 
+def test_train_compiles_own_flags_are_bounded(tmp_path, monkeypatch):
+    """python -m mvd_jax.train_compile: its numeric flags and the topology, and a config override of the wrong
+    type (absl would print "FATAL Flags parsing error" and more), each one error line before anything is
+    compiled or written."""
+    compile_main = importlib.import_module("mvd_jax.train_compile").main
+    out = tmp_path / "r.json"
+    base = ["mvd_jax.train_compile", f"--config={DEMO}", f"--out={out}"]
+    cases = [("--num_slices", "0"), ("--num_slices", "-1"), ("--utilization", "0"), ("--utilization", "1.5"),
+             ("--utilization", "nan"), ("--hbm_gib", "0"), ("--hbm_gib", "-1"), ("--hbm_gib", "nan"),
+             ("--topology", "cpu:0"), ("--topology", UNKNOWN), ("--config.train.steps", "abc")]
+    no_work = NoWork(monkeypatch)
+    try:
+        for flag, value in cases:
+            assert_refused(call(compile_main, base + [f"{flag}={value}"]), flag, value)
+    finally:
+        no_work.close()
+    assert no_work.compiles == 0 and not out.exists()
+
+
 # =============================================================================================
 # The commands' own options: sampler, exporter, FVD, UCF-101
 # =============================================================================================

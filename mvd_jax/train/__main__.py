@@ -7,13 +7,11 @@ themselves) or with --coordinator_address/--num_processes/--process_id (e.g. CPU
 The command line and every config value are checked first (mvd_jax/settings.py): a bad one is one
 `error:` line and exit status 2, before JAX starts, any data is read or DIR is created.
 """
-import re
 import sys
 import types
 
 from absl import app, flags
 from ml_collections import config_flags
-from ml_collections.config_flags.config_flags import UnsupportedOperationError
 
 from mvd_jax.errors import UserError
 
@@ -41,32 +39,10 @@ def define_flags(argv) -> flags.FlagValues:
 def parse_command_line(argv: list[str]) -> types.SimpleNamespace:
     """The command's settings, the config resolved: every value checked (mvd_jax/settings.py). Any problem
     is a UserError whose message names the flag or key, the value and what is allowed."""
-    from mvd_jax.settings import RULES, resolve
+    from mvd_jax.settings import parse_flags, resolve
 
     values = define_flags(argv)
-    try:
-        values(argv)
-    except flags.IllegalFlagValueError as e:  # e.g. --config.train.steps=abc: say what the key takes
-        lines = [line for line in str(e).splitlines() if line.strip()]
-        override = re.match(r"flag --config\.([\w.]+)=(.*?): ", lines[0])
-        if override and override.group(1) in RULES:
-            key, value = override.groups()
-            raise UserError(f"--config.{key}={value}: {key} must be {RULES[key].describe()}") from None
-        if len(lines) > 1 and lines[1].startswith("Traceback"):  # the config file raised: name its exception
-            raise UserError(f"{lines[0]} {lines[-1]}") from None
-        raise UserError(lines[0]) from None
-    except UnsupportedOperationError as e:  # a list-valued key, e.g. model.block_out_channels
-        field = re.search(r"field config\.([\w.]+)", str(e))
-        raise UserError(f"--config.{field.group(1) if field else '…'}: a list cannot be set on the command line; set it "
-                        "in the config file") from None
-    except flags.Error as e:  # unknown flags, ...
-        raise UserError(str(e).splitlines()[0]) from None
-    except AttributeError as e:  # --config.a.b naming a key the config does not have
-        bad = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-        key = str(e).strip("'\"")
-        raise UserError(f"unknown config key {key!r} in {' '.join(bad)}; every key: mvd_jax/settings.py") from None
-    except Exception as e:  # the config file's own error (a bad :arg, a syntax error)
-        raise UserError(f"{' '.join(a for a in argv if a.startswith('--config='))}: {str(e).splitlines()[0]}") from None
+    parse_flags(values, argv)
     if values.config is None or not values.workdir:
         raise UserError("--config and --workdir are required")
     if values.coordinator_address and (values.num_processes is None or values.process_id is None):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import resource
 import time
 
 import jax
@@ -171,6 +172,8 @@ def compile_train_step(config, devices=None, *, mesh: Mesh | None = None, compil
         "phase": t.phase, "attention": forms,
         "trainable_params": count(programs.abstract_trainable), "frozen_params": count(programs.abstract_frozen),
         "lower_s": t1 - t0, "compile_s": t2 - t1,
+        # what the compile cost this host: the process's peak resident memory so far (Linux reports KiB)
+        "host_peak_rss_bytes": float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024),
     }
 
 
