@@ -130,6 +130,9 @@ def test_tpu_memory_grows_when_fsdp_shrinks_and_the_knob_is_named(v5e_fsdp4, tmp
                            f"--hbm_gib={fsdp4['total_bytes'] / GIB}", "--config.train.attention=xla")
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert {a["form"] for a in data4["attention"]} == {"xla"} and data4["pallas_kernel_calls"] == 0
+    # the same global batch: the same FLOPs in the paper's convention, attention's products included although
+    # the FSDP-4 step runs them inside the Pallas kernel (counted on the step's XLA-form twin)
+    assert data4["jaxpr_flops_per_step"] == fsdp4["jaxpr_flops_per_step"]
     # parameters, EMA and both Adam moments are replicated instead of split four ways
     assert data4["argument_bytes"] > 2 * fsdp4["argument_bytes"]
     assert data4["total_bytes"] > fsdp4["total_bytes"] and not data4["fits"]
