@@ -233,7 +233,10 @@ def main():
             for per_chip in args.per_chip:
                 for gen in args.generations:
                     for row in args.rows:
-                        search(row, gen, per_chip, args.fast_compile)
+                        try:
+                            search(row, gen, per_chip, args.fast_compile)
+                        except RuntimeError as e:  # e.g. the compile killed for host memory: the next cell
+                            print(f"FAILED, not recorded (a rerun retries it): {e}", flush=True)
     print("Full-UNet training: AdamW + EMA on every parameter, remat, bf16 activations, FSDP over all chips, "
           "B 14-frame clips per chip. Regenerate: python launch/scaling_table.py")
     results = load()
