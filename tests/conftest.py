@@ -9,12 +9,29 @@ import sys
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(__file__))  # for `import oracle`
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 import oracle
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's tmpdir plugin has set up the run's base folder
+def pytest_configure(config):
+    """One persistent compilation cache per test run, shared by every test process (both pytest-xdist
+    workers inherit this environment: they start after pytest_configure) and every subprocess they start
+    (trainer, sampler, export and eval CLIs read JAX_COMPILATION_CACHE_DIR): XLA's CPU compiles are most
+    of the suite's time, and the same UNet forwards and train steps recur across files and processes. The
+    folder lives in this run's pytest base folder, so a run never reads another run's programs. In the test
+    processes only compiles of ≥ 1 s (JAX's default) are stored; the `env` fixture stores every program."""
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller chose the folder
+        return
+    folder = config._tmp_path_factory.getbasetemp() / "jax_cache"
+    folder.mkdir(exist_ok=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(folder)
+    jax.config.update("jax_compilation_cache_dir", str(folder))  # a serial run: JAX is already imported here
 
 
 @pytest.fixture(scope="session")
@@ -49,14 +66,14 @@ def jax_forward(model, inputs: dict, image_only_indicator=None) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """Environment for trainer subprocesses: CPU, the repo on the path, and a persistent compilation
-    cache shared by the module's runs (a program compiled once is not compiled again)."""
+def env():
+    """Environment for trainer subprocesses: CPU, the repo on the path, and the run's persistent
+    compilation cache (pytest_configure) for every program, however fast its compile: a trainer program
+    compiled once, by any test or process of this run, is not compiled again."""
     from pathlib import Path
 
-    cache = tmp_path_factory.mktemp("jax_cache")
-    return dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    return dict(os.environ, JAX_PLATFORMS="cpu", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                PYTHONPATH=str(Path(__file__).resolve().parents[1]))
 
 
 def _free_port():

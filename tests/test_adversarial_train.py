@@ -3,7 +3,6 @@ frozen with no optimizer state while every head learns; a fixed generator leaves
 and resume is bit-identical, as in the diffusion phase. (Loss pieces, σ sets and the discriminator
 itself: test_discriminator.py.)"""
 import dataclasses
-import os
 import signal
 import subprocess
 import sys
@@ -127,11 +126,9 @@ def logged(workdir) -> dict:
     return {m["step"]: (m["loss"], m["d_loss"]) for m in read_metrics(workdir)}
 
 
-def test_kill_9_then_resume_is_bit_identical(tmp_path):
+def test_kill_9_then_resume_is_bit_identical(env, tmp_path):
     from test_train import restore_params
 
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     cli(env, tmp_path / "reference")
     killed = tmp_path / "killed"
     proc = cli(env, killed, popen=True)

@@ -3,7 +3,6 @@ refusals; and the pipeline through the trainer: a gate-learning run, then a prun
 it by one config field (`init_from` + `prune_from_gates`)."""
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -99,9 +98,7 @@ def run(workdir, *overrides, env):
     return proc
 
 
-def test_gate_learning_then_pruning_stage(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
-               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+def test_gate_learning_then_pruning_stage(env, tmp_path):
     gates_run = tmp_path / "gates"
     run(gates_run, "--config.model.temporal_gating=sampled", "--config.train.gate_keep=3",
         "--config.train.gate_keep_start=5", "--config.train.gate_anneal_steps=2", "--config.train.steps=3",

@@ -141,7 +141,7 @@ def test_resuming_with_an_incompatible_config_is_refused(env, uninterrupted, tmp
     assert "incompatible config" in proc.stderr and "layers_per_block 1 → 2" in proc.stderr
 
 
-def test_loss_falls_on_a_fixed_batch_and_ema_follows_its_recursion(env):
+def test_loss_falls_on_a_fixed_batch_and_ema_follows_its_recursion(tmp_path):
     """200 steps on one batch of real clips (the demo videos) with the micro model."""
     import dataclasses
 
@@ -153,7 +153,6 @@ def test_loss_falls_on_a_fixed_batch_and_ema_follows_its_recursion(env):
     from mvd_jax.train.model_state import build_unet, make_optimizer
     from mvd_jax.train.trainer import _next_batch, build_autoencoder, build_programs, make_data
 
-    jax.config.update("jax_compilation_cache_dir", env["JAX_COMPILATION_CACHE_DIR"])
     cfg = resolve(load_config(str(ROOT / "configs" / "demo.py") + ":micro"))
     unet_cfg = dataclasses.replace(unet_config(cfg), num_frames=cfg.frames)
     mesh = shd.make_mesh(dict(cfg.mesh))
@@ -162,7 +161,7 @@ def test_loss_falls_on_a_fixed_batch_and_ema_follows_its_recursion(env):
     programs = build_programs(cfg, nnx.eval_shape(lambda: build_unet(unet_cfg, 0)), mesh, encoders, tx, schedule)
     params = programs.codec.to_dict(build_unet(unet_cfg, 0))
     state = programs.init_state(params)
-    loader, _ = make_data(cfg, cfg.train.batch_size, Path(env["JAX_COMPILATION_CACHE_DIR"]))
+    loader, _ = make_data(cfg, cfg.train.batch_size, tmp_path)
     batch = _next_batch(iter(loader), mesh, programs, jax.device_put(nnx.state(encoders)), 0, False)
 
     decay = cfg.optimizer.ema_decay

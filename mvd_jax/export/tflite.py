@@ -20,7 +20,11 @@ failures surface as ExportError with the converter's error lines.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -34,9 +38,47 @@ TFLITE_2GB = 2**31 - 1
 LARGE_MODEL_BYTES = 3 * 2**29  # 1.5 GiB of weights: beyond it, weights go after the flatbuffer (see convert)
 
 
+# TensorFlow's C++ code logs straight to the process's stderr (file descriptor 2), beneath Python's warnings
+# and logging, and TF_CPP_MIN_LOG_LEVEL does not reach these lines. Each says nothing a user can act on, so
+# they are dropped by their exact text while TensorFlow is imported and while the converter runs:
+TF_LOG_NOISE = re.compile("|".join([
+    # absl's notice before its first line, once per TensorFlow library (twice at import)
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
+    # at import: oneDNN's round-off differs from the reference order; verification bounds the result anyway
+    r"I\d{4} [\d:.]+ +\d+ port\.cc:\d+\] oneDNN custom operations are on\. You may see slightly different "
+    r"numerical results due to floating-point round-off errors from different computation orders\. To turn them "
+    r"off, set the environment variable `TF_ENABLE_ONEDNN_OPTS=0`\.",
+    # every conversion: two legacy converter options the MLIR converter ignores (set by TF itself, not by us)
+    r"W\d{4} [\d:.]+ +\d+ tf_tfl_flatbuffer_helpers\.cc:\d+\] Ignored (output_format|drop_control_dependency)\.",
+]))
+
+
+@contextlib.contextmanager
+def without_tf_log_noise():
+    """Runs the block with file descriptor 2 sent to a temporary file, then passes every line of it that is
+    not TF_LOG_NOISE on to the real stderr. A file rather than a pipe drained by a thread: the converter's
+    C++ code may write while holding the GIL, and a full pipe would then never be drained."""
+    sys.stderr.flush()
+    real_stderr = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(real_stderr, 2)
+            os.close(real_stderr)
+            captured.seek(0)
+            kept = [line for line in captured
+                    if not TF_LOG_NOISE.fullmatch(line.decode(errors="replace").rstrip("\r\n"))]
+            if kept:
+                os.write(2, b"".join(kept))
+
+
 def _tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
-    import tensorflow as tf
+    with without_tf_log_noise():
+        import tensorflow as tf
 
     return tf
 
@@ -93,7 +135,8 @@ def convert(f: ExportFunction, precision: str, *, traced=None, representative_se
     try:
         with warnings.catch_warnings():  # int8 calibration runs TF's own (deprecated) interpreter
             warnings.filterwarnings("ignore", message=r"[\s\S]*tf.lite.Interpreter is deprecated")
-            model = converter.convert()
+            with without_tf_log_noise():
+                model = converter.convert()
     except Exception as e:  # ConverterError and friends: the graph cannot be expressed in builtins
         lines = [line.strip() for line in str(e).splitlines() if "error:" in line] or str(e).splitlines()[:1]
         detail = "".join("\n  " + line.split("error:", 1)[-1].strip() for line in dict.fromkeys(lines))
