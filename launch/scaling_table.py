@@ -16,10 +16,12 @@ frames per chip (global batch = B × chips), the config's resolution.
 
 The search for one (row, generation, B). Compiles are expensive here (an SVD-size step: tens of minutes and
 up to ~20 GB of host RAM, one at a time), so no compile is spent where arithmetic already decides:
-- under FSDP a chip holds 1/N of the train state (exact, from the shardings), and its activations,
-  gradients' working set and gathered weights depend on B, not on N. So one compiled cell (N chips) predicts
-  any other N of the same row, generation and B: total(N′) = total(N) − state/N + state/N′; before any compile
-  of that triple, a compiled cell of the same row and B on another generation gives the activation part.
+- under FSDP a chip holds 1/N of the train state (exact, from the shardings) and 1/N of the float32
+  gradients (a quarter of the state's bytes), while its activations and per-layer gathered weights depend on
+  B, not on N. So one compiled cell on N ≥ 2 chips predicts any other N′ of the same row, generation and B:
+  total(N′) = total(N) − 1.25·state/N + 1.25·state/N′; before any compile of that triple, a compiled cell of
+  the same row and B on another generation gives the activation part. A 1-chip compile predicts nothing
+  (unsharded, its parameter-sized temporaries are not separable from the activations).
 - candidates are tried from the smallest slice upwards; a slice whose prediction exceeds HBM is recorded as
   "predicted" (not compiled) and skipped; the first slice predicted to fit is compiled, and the search goes
   on upwards until a compiled slice fits. So "smallest that fits" is always a compiled cell, and the slices
@@ -53,6 +55,8 @@ CANDIDATES = {"v5e": ["v5e:1x1", "v5e:2x2", "v5e:2x4", "v5e:4x4", "v5e:4x8", "v5
               "v5p": ["v5p:2x2x1", "v5p:2x2x2", "v5p:2x2x4", "v5p:2x4x4", "v5p:4x4x4"],
               "v6e": ["v6e:1x1", "v6e:2x2", "v6e:2x4", "v6e:4x4", "v6e:4x8", "v6e:8x8", "v6e:8x16", "v6e:16x16"]}
 UTILIZATION = 0.4
+# float32 gradients of the trainable parameters, as a share of the train state (params + EMA + 2 Adam moments)
+GRADIENT_SHARE = 0.25
 GIB = 1024 ** 3
 
 
@@ -117,14 +121,20 @@ def needed(report: dict) -> float:
 
 def predict(results: list, row: str, topology: str, per_chip: int, state_bytes: float):
     """(predicted bytes per chip on `topology`, the compiled cell it comes from) — from a compiled cell of the
-    same row and clips per chip: the same generation first, else another generation's activation part.
-    `state_bytes`: the whole train state (all chips), so a chip of N holds state_bytes / N."""
+    same row and clips per chip on ≥ 2 chips: the same generation first (the most chips, the nearest in its
+    sharding), else another generation's activation part. `state_bytes`: the whole train state (all chips),
+    so a chip of N holds state_bytes / N, and GRADIENT_SHARE of it again as the float32 gradients, which FSDP
+    reduce-scatters the same way. A single-chip compile is no basis: nothing is sharded there, so its
+    parameter-sized working set (gradients, the optimizer update's temporaries) cannot be told apart from
+    the activations, and scaling from it would rule out slices that fit (measured: MobileVD-HD's 1-chip plan
+    put every v5e slice over HBM)."""
     same = [r for r in results if not r.get("planned_only") and r["row"] == row and r.get("per_chip") == per_chip
-            and ("total_bytes" in r or "oom_used_bytes" in r)]
-    same.sort(key=lambda r: (_generation(r["topology"]) != _generation(topology), r["devices"]))
+            and r["devices"] >= 2 and ("total_bytes" in r or "oom_used_bytes" in r)]
+    same.sort(key=lambda r: (_generation(r["topology"]) != _generation(topology), -r["devices"]))
+    sharded = state_bytes * (1 + GRADIENT_SHARE)
     for r in same:
-        rest = needed(r) - state_bytes / r["devices"]  # activations, gradients' working set, batch
-        return state_bytes / chips_of(topology) + rest, r
+        rest = needed(r) - sharded / r["devices"]  # activations, per-layer gathered weights, batch
+        return sharded / chips_of(topology) + rest, r
     return None, None
 
 

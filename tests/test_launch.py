@@ -158,9 +158,11 @@ def test_dry_run_needs_no_credentials_and_runs_nothing(tmp_path, monkeypatch):
 
 def test_scaling_table_search_compiles_only_where_arithmetic_does_not_decide(tmp_path, monkeypatch):
     """launch/scaling_table.py's search for one (row, generation, clips per chip), with the compiles stood in
-    by the memory model the search assumes (state / N + activations per clip): a slice whose state alone
-    exceeds HBM is never compiled; the first compile goes to the smallest other slice; a slice that a compiled
-    neighbour's arithmetic puts over HBM is skipped; the search ends at the first compiled slice that fits."""
+    by the memory model the search assumes ((state + gradients) / N + activations per clip, plus, on one chip, an
+    unsharded working set no formula separates): a slice whose state alone exceeds HBM is never compiled; the
+    first compile goes to the smallest other slice; a slice that a compiled multi-chip neighbour's arithmetic
+    puts over HBM is skipped (a 1-chip compile rules nothing out); the search ends at the first compiled slice
+    that fits."""
     from launch import scaling_table as st
 
     GIB = st.GIB
@@ -171,7 +173,7 @@ def test_scaling_table_search_compiles_only_where_arithmetic_does_not_decide(tmp
     def fake_compile(row, topology, per_chip, fast=False, plan_only=False):
         chips = st.chips_of(topology)
         calls.append(topology if not plan_only else "plan")
-        total = state / chips + per_clip * per_chip
+        total = state * (1 + st.GRADIENT_SHARE) / chips + per_clip * per_chip + (8 * GIB if chips == 1 else 0)
         report = dict(row=row, topology=topology, per_chip=per_chip, devices=chips, batch_size=chips * per_chip,
                       argument_bytes=state / chips, accelerator_type=topology, hbm_bytes=st._hbm(topology),
                       jaxpr_flops_per_step=1e15, predicted_step_s=1.0, compile_s=60.0, host_peak_rss_bytes=8 * GIB)
@@ -180,16 +182,23 @@ def test_scaling_table_search_compiles_only_where_arithmetic_does_not_decide(tmp
         return {**report, "total_bytes": total, "temp_bytes": per_clip * per_chip, "fits": total <= report["hbm_bytes"]}
 
     monkeypatch.setattr(st, "compile_cell", fake_compile)
-    # one clip (v5e: 16 GiB): 1x1 holds 40 GiB of state (never compiled); 2x2 compiled, 10 + 7 > 16; 2x4 fits
+    # one clip (v5e: 16 GiB): 1x1 holds 40 GiB of state (never compiled); 2x2 compiled, 12.5 + 7 > 16; 2x4 fits
     assert st.search("svd_512x256", "v5e", 1, fast=False)["topology"] == "v5e:2x4"
     assert calls == ["plan", "v5e:2x2", "v5e:2x4"]
-    # two clips: 2x2 compiled (24 GiB); from it 2x4 (19) and 4x4 (16.5) are predicted over HBM and skipped;
-    # 4x8 (15.25) is compiled and fits
+    # two clips: 2x2 compiled (26.5 GiB); from it 2x4 (20.25) and 4x4 (17.1) are predicted over HBM and skipped;
+    # 4x8 (15.6) is compiled and fits
     calls.clear()
     assert st.search("svd_512x256", "v5e", 2, fast=False)["topology"] == "v5e:4x8"
     assert calls == ["v5e:2x2", "v5e:4x8"]
     # four clips: 28 GiB of activations fit no slice; one compile says so and the rest is arithmetic
     calls.clear()
     assert st.search("svd_512x256", "v5e", 4, fast=False) is None and calls == ["v5e:2x2"]
+    # a small state (12 GiB) allows a 1-chip compile; it does not fit (15 + 7 + 8 unsharded GiB), and scaled
+    # from it 2x2 would look over HBM (3.75 + 22 − 15), but only a multi-chip compile predicts: 2x2 is compiled
+    # (3.75 + 7 = 10.75) and fits
+    state = 12 * GIB
+    calls.clear()
+    assert st.search("mobilevd", "v5e", 1, fast=False)["topology"] == "v5e:2x2"
+    assert calls == ["plan", "v5e:1x1", "v5e:2x2"]
     table = st.smallest_table(st.load())
     assert "v5e:2x4 (8 chips)" in table and "v5e:4x8 (32 chips)" in table and "no fit on any slice" in table
