@@ -4,7 +4,7 @@
 # two files at a time (pytest-xdist, one worker per core of the 2-core CI machine; XLA's compiler is
 # mostly single-threaded, so two workers nearly halve the wall time; --dist loadfile keeps each file's
 # module fixtures in one worker). --no-loadscope-reorder keeps the collection order of tests/conftest.py
-# (the long trainer files first); xdist's default sends the files with the most tests first, which left
+# (the longest files first); xdist's default sends the files with the most tests first, which left
 # the one-test 8-minute multi-device file to start last. PYTEST_WORKERS=0 runs serially.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -106,6 +106,24 @@ def test_gradients_equal_autodiff_of_xla_form(monkeypatch, name, budget, shape):
                 assert np.max(np.abs(a)) < 1e-6
 
 
+@pytest.mark.parametrize("name,budget,shape", PATHS[1:3], ids=[p[0] for p in PATHS[1:3]])
+def test_blocked_form_keeps_float64(monkeypatch, name, budget, shape):
+    """float64 inputs are computed in float64 on the looped paths, forward and backward (the softmax and the
+    dk/dv accumulators follow the inputs' precision above float32): the float64 identity checks of the whole
+    UNet (cross-attention collapse, gates vs pruning) would otherwise stop at float32 rounding."""
+    monkeypatch.setattr(ak, "SCORE_BUDGET_BYTES", budget)
+    b, t, s, n, d = shape
+    with jax.enable_x64(True):
+        q, k, v = inputs(b, t, s, n, d, seed=11, dtype=np.float64)
+        w = jnp.asarray(np.random.default_rng(12).standard_normal((b, t, n, d)))
+        f = lambda q, k, v: jnp.sum(ak.dot_product_attention(q, k, v, 0.3, BLOCKED) * w)  # noqa: E731
+        out = ak.dot_product_attention(q, k, v, 0.3, BLOCKED)
+        grads = jax.grad(f, argnums=(0, 1, 2))(q, k, v)
+        assert out.dtype == jnp.float64 and rel(out, reference(q, k, v, 0.3)) < 1e-12
+        for g, ref in zip(grads, reference_grads(q, k, v, w, 0.3)):
+            assert g.dtype == jnp.float64 and rel(g, ref) < 1e-12
+
+
 def test_backward_stores_no_probabilities(monkeypatch):
     """The reason for the custom VJP: the gradient program's temporaries stay far below the size of all
     blocks' probabilities, which plain autodiff of the loop keeps for the backward pass."""

@@ -257,17 +257,24 @@ def pallas_tpu_attention(q, k, v, scale: float, form: AttentionForm = AttentionF
 
 
 # ---- CPU: the blocked form ----------------------------------------------------------------------------
+def _accumulation_dtype(x):
+    """float32 for bf16/fp16/float32 inputs; float64 stays float64 (a float32 softmax would cap a float64
+    check of the whole UNet at float32 rounding, ~1e-7)."""
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
 def _probabilities(q, k, scale: float):
-    """float32 softmax(scale · q kᵀ) of heads-major q (..., T, D) and k (..., S, D) → (..., T, S).
+    """float32 (float64 for float64 inputs) softmax(scale · q kᵀ) of heads-major q (..., T, D) and
+    k (..., S, D) → (..., T, S).
 
     A power-of-two scale (1/√64 = 1/8 in SVD) is applied to q, exactly and on the smaller array; any
     other scale to the float32 logits.
     """
+    acc = _accumulation_dtype(q)
     if math.frexp(scale)[0] == 0.5:
-        logits = jnp.einsum("...td,...sd->...ts", q * jnp.asarray(scale, q.dtype), k,
-                            preferred_element_type=jnp.float32)
+        logits = jnp.einsum("...td,...sd->...ts", q * jnp.asarray(scale, q.dtype), k, preferred_element_type=acc)
     else:
-        logits = jnp.einsum("...td,...sd->...ts", q, k, preferred_element_type=jnp.float32) * scale
+        logits = jnp.einsum("...td,...sd->...ts", q, k, preferred_element_type=acc) * scale
     return jax.nn.softmax(logits, axis=-1)
 
 
@@ -285,7 +292,7 @@ def _attend_grad(q, k, v, do, scale: float):
     """
     probs = _probabilities(q, k, scale)
     dv = jnp.einsum("...ts,...td->...sd", probs.astype(v.dtype), do)
-    dprobs = jnp.einsum("...td,...sd->...ts", do, v, preferred_element_type=jnp.float32)
+    dprobs = jnp.einsum("...td,...sd->...ts", do, v, preferred_element_type=_accumulation_dtype(do))
     dlogits = probs * (dprobs - jnp.sum(dprobs * probs, axis=-1, keepdims=True))
     dlogits = (dlogits * scale).astype(q.dtype)
     dq = jnp.einsum("...ts,...sd->...td", dlogits, k)
@@ -357,7 +364,7 @@ def _blocked_fwd(q, k, v, scale: float):
 
 def _blocked_bwd(scale: float, residuals, do):
     """The same loops as the forward, each block's gradients from `_attend_grad`; dk and dv of one head
-    accumulate (in float32) over its query blocks."""
+    accumulate (in float32, float64 for float64) over its query blocks."""
     q, k, v = residuals
     kind, size = _plan(q, k)
     if kind == "chunks":
@@ -378,9 +385,9 @@ def _blocked_bwd(scale: float, residuals, do):
             else:
                 def block(acc, qdo):
                     dq, dk, dv = _attend_grad(qdo[0], kh, vh, qdo[1], scale)
-                    return (acc[0] + dk.astype(jnp.float32), acc[1] + dv.astype(jnp.float32)), dq
+                    return (acc[0] + dk.astype(acc[0].dtype), acc[1] + dv.astype(acc[1].dtype)), dq
 
-                zeros = jnp.zeros(kh.shape, jnp.float32)
+                zeros = jnp.zeros(kh.shape, _accumulation_dtype(kh))
                 blocks = (qh.reshape(t // size, size, -1), doh.reshape(t // size, size, -1))
                 (dk, dv), dq = lax.scan(block, (zeros, zeros), blocks)
                 dq, dk, dv = dq.reshape(t, -1), dk.astype(kh.dtype), dv.astype(vh.dtype)
