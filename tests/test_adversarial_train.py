@@ -113,7 +113,7 @@ def test_backbone_is_frozen_and_every_head_learns(trainable):
 def cli(env, workdir, *extra, popen=False):
     args = [sys.executable, "-m", "mvd_jax.train", f"--config={ROOT / 'configs' / 'demo.py'}:micro",
             f"--workdir={workdir}", "--config.train.phase=adversarial", "--config.train.log_every=1",
-            "--config.train.checkpoint_every=3", "--config.train.sample_at_end=False", "--config.train.steps=6",
+            "--config.train.checkpoint_every=3", "--config.train.sample_at_end=False", "--config.train.steps=9",
             *SMALL_D, *extra]
     if popen:
         return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -139,7 +139,7 @@ def test_kill_9_then_resume_is_bit_identical(env, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert max(logged(killed)) < 6, "the run ended before it could be killed"
+    assert max(logged(killed)) < 9, "the run ended before it could be killed"
     again = cli(env, killed)
     assert "resumed from step" in again.stdout
     reference = logged(tmp_path / "reference")

@@ -183,11 +183,11 @@ def test_i3d_features_of_real_clips_are_deterministic(extractor, corruption_fvds
 # ---- FVD grows with corruption -------------------------------------------------------------------------
 CORRUPTIONS = {
     # name: (levels, fn(clip uint8 (T, H, W, 3), level, rng) → clip)
-    "noise": ((8, 32, 96), lambda c, s, rng: np.clip(c + rng.normal(0, s, c.shape), 0, 255).round().astype(np.uint8)),
-    "blur": ((1, 3, 9), lambda c, s, rng: np.clip(
+    "noise": ((8, 96), lambda c, s, rng: np.clip(c + rng.normal(0, s, c.shape), 0, 255).round().astype(np.uint8)),
+    "blur": ((1, 9), lambda c, s, rng: np.clip(
         scipy.ndimage.gaussian_filter(c.astype(np.float32), (0, s, s, 0)), 0, 255).round().astype(np.uint8)),
     # frames permuted within consecutive windows of `w` frames (w = 16: the whole clip)
-    "shuffle": ((2, 4, 16), lambda c, w, rng: c[np.concatenate(
+    "shuffle": ((2, 16), lambda c, w, rng: c[np.concatenate(
         [s + rng.permutation(min(w, len(c) - s)) for s in range(0, len(c), w)])]),
 }
 
@@ -217,7 +217,8 @@ def corruption_fvds(extractor):
 @pytest.mark.parametrize("name", sorted(CORRUPTIONS))
 def test_fvd_grows_monotonically_with_corruption(corruption_fvds, name):
     """Measured here (4 clips): noise σ 8/32/96 (of 255) → 260/2369/3216; Gaussian blur σ 1/3/9 px →
-    122/987/2238; frames shuffled within windows of 2/4/16 → 116/626/1472 (level 0, the clean set: 0)."""
+    122/987/2238; frames shuffled within windows of 2/4/16 → 116/626/1472 (level 0, the clean set: 0). Two
+    levels of each are run (the middle ones cost an I3D pass per clip each and test nothing the ends do not)."""
     _, values, _ = corruption_fvds
     seq = list(values[name].values())
     assert seq[0] == 0.0 and seq[1] > 10
