@@ -76,3 +76,17 @@ def test_the_three_converters_save_through_one_helper():
         assert "mvd_jax.convert.strict.save_module" in names, name
         assert "write_safetensors" not in source and "os.replace" not in source, name
         assert "check_tensors" not in source and "nnx.eval_shape" not in source, name  # the strict load is shared too
+
+
+def test_tf_log_noise_is_dropped_by_exact_text_and_the_rest_kept(capfd):
+    """export/tflite.py's fd-2 filter: TensorFlow's known C++ notices vanish, any other stderr line survives."""
+    import os
+
+    from mvd_jax.export.tflite import without_tf_log_noise
+
+    with without_tf_log_noise():
+        os.write(2, b"W0000 00:00:1764.5   123 tf_tfl_flatbuffer_helpers.cc:365] Ignored output_format.\n")
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+        os.write(2, b"E0000 something a user must see\n")
+    err = capfd.readouterr().err
+    assert err == "E0000 something a user must see\n"
