@@ -191,14 +191,36 @@ def smallest_table(results: list) -> str:
                             if (compiled(results, row, t, per_chip) or {}).get("fits")), None)
                 if fit is None:
                     tried = [t for t in topologies if compiled(results, row, t, per_chip)]
-                    cells.append(f"no fit on any slice (compiled {', '.join(tried)}; larger ones predicted over HBM)"
-                                 if tried else "not compiled yet")
+                    basis = _ruled_out(results, row, gen, per_chip)
+                    if tried:
+                        cells.append(f"no fit on any slice (compiled {', '.join(tried)}; larger ones predicted over HBM)")
+                    elif basis:
+                        cells.append(f"no fit on any slice (every slice predicted over HBM from the compiled {basis})")
+                    else:
+                        cells.append("not compiled yet")
                 else:
                     cells.append(f"{fit['topology']} ({fit['devices']} chips): {fit['total_bytes'] / GIB:.1f} of "
                                  f"{fit['hbm_bytes'] / GIB:.0f} GiB, {fit['predicted_step_s']:.2f} s/step")
             if any(c != "not compiled yet" for c in cells):
                 lines.append(f"| {row} | {per_chip} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _ruled_out(results: list, row: str, generation: str, per_chip: int) -> str | None:
+    """The compiled cell (as "TOPOLOGY ×B") from which every slice of `generation` is predicted over HBM — the
+    search's own skip rule, so such a generation gets no compile at all — else None."""
+    plan = next((r for r in results if r["row"] == row and r.get("planned_only")), None)
+    if plan is None:
+        return None
+    state = plan["argument_bytes"] * plan["devices"]
+    basis = None
+    for topology in CANDIDATES[generation]:
+        if state / chips_of(topology) > _hbm(topology):
+            continue
+        guess, basis = predict(results, row, topology, per_chip, state)
+        if guess is None or guess <= _hbm(topology):
+            return None
+    return f"{basis['topology']} ×{per_chip}" if basis else None
 
 
 def cells_table(results: list) -> str:

@@ -200,5 +200,15 @@ def test_scaling_table_search_compiles_only_where_arithmetic_does_not_decide(tmp
     calls.clear()
     assert st.search("mobilevd", "v5e", 1, fast=False)["topology"] == "v5e:2x2"
     assert calls == ["plan", "v5e:1x1", "v5e:2x2"]
+    # 40 GiB of activations per clip: v5e's 2x2 compile does not fit, and from it every v6e slice (32 GiB)
+    # is predicted over HBM: that generation gets no compile, and the table says why
+    state, per_clip = 40 * GIB, 40 * GIB
+    calls.clear()
+    assert st.search("svd_1024x576", "v5e", 1, fast=False) is None and calls == ["plan", "v5e:2x2"]
+    calls.clear()
+    assert st.search("svd_1024x576", "v6e", 1, fast=False) is None and calls == []
     table = st.smallest_table(st.load())
     assert "v5e:2x4 (8 chips)" in table and "v5e:4x8 (32 chips)" in table and "no fit on any slice" in table
+    row = next(line for line in table.splitlines() if line.startswith("| svd_1024x576 | 1 |"))
+    assert row.split(" | ")[4] == "no fit on any slice (every slice predicted over HBM from the compiled v5e:2x2 ×1) |"
+    assert row.split(" | ")[3] == "not compiled yet"  # v5p (95 GiB) is predicted to fit: it needs a compile
