@@ -183,7 +183,7 @@ def knobs(report: dict) -> list[str]:
     fsdp_room = mesh["fsdp"] < devices // mesh["tensor"]
     fsdp = (f"--config.mesh.fsdp=N (now {mesh['fsdp']}; with --config.mesh.data=-1): shards parameters, EMA and "
             f"Adam's moments (arguments {args / GIB:.2f} GiB per chip) over N chips")
-    remat = (f"--config.train.remat=True: recomputes each UNet block in the backward pass instead of keeping its "
+    remat = (f"--config.train.remat=True: recomputes each UNet layer in the backward pass instead of keeping its "
              f"activations (temporaries {temps / GIB:.2f} GiB per chip)")
     micro = (f"--config.train.grad_accum=K (now {report.get('grad_accum', 1)}) or a smaller "
              f"--config.train.batch_size (now {report['batch_size']}): fewer activations per micro-batch")

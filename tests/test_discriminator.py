@@ -205,6 +205,26 @@ def test_gradients_reach_every_head_and_skip_the_backbone(disc):
     assert not dead, f"no gradient reaches {dead}"
 
 
+def test_remat_gives_the_same_logits_and_input_gradient(disc):
+    """train.remat recomputes each backbone layer in the backward pass (layers.remat_call): the same logits and
+    the same gradient with respect to the generated clip, through which the generator learns."""
+    x = _inputs(disc.backbone.config, seed=6)
+    graphdef, weights = nnx.split(disc)
+
+    def logits_and_grad(remat):
+        def f(noisy):  # fresh Variables inside the traced function, as the adversarial step's merge makes
+            d = nnx.merge(graphdef, jax.tree.map(lambda a: a, weights))
+            d.backbone.remat = remat
+            return _call(d, dict(x, noisy=noisy)).logits.sum()
+
+        return jax.jit(jax.value_and_grad(f))(x["noisy"])
+
+    (plain, plain_grad), (remat, remat_grad) = logits_and_grad(False), logits_and_grad(True)
+    np.testing.assert_allclose(remat, plain, rtol=1e-6)
+    assert np.abs(plain_grad).max() > 0
+    assert np.linalg.norm(remat_grad - plain_grad) <= 1e-5 * np.linalg.norm(plain_grad)
+
+
 def test_samples_are_independent(disc):
     """R1's one-backward trick (adversarial_loss.r1_penalty) needs sample b's score to depend on sample
     b's input only: changing clip 1 leaves clip 0's score and every one of its head logits unchanged."""

@@ -154,7 +154,7 @@ class UNetEncoder(nnx.Module):
         self.add_embedding = _copied(unet.add_embedding)
         self.down_blocks = nnx.List([_copied(b) for b in unet.down_blocks])
         self.mid_block = _copied(unet.mid_block) if include_mid_block else None
-        self.remat = False  # as SpatioTemporalUNet.remat: recompute each block in the backward pass
+        self.remat = False  # as SpatioTemporalUNet.remat: recompute each layer in the backward pass
 
     @property
     def feature_names(self) -> list[str]:
@@ -167,9 +167,7 @@ class UNetEncoder(nnx.Module):
         return boc + ([boc[-1]] if self.mid_block is not None else [])
 
     def _block(self, block, *args):
-        if not self.remat:
-            return block(*args)
-        return nnx.remat(lambda blk, *a: blk(*a))(block, *args)
+        return block(*args, remat=self.remat)
 
     def __call__(self, sample, timestep, encoder_hidden_states, added_time_ids,
                  image_only_indicator=None) -> list[Feature]:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mvd_jax.models.attention import BasicTransformerBlock, TemporalBasicTransformerBlock
-from mvd_jax.models.layers import GroupNorm, Linear, TimestepEmbedding, timestep_embedding
+from mvd_jax.models.layers import GroupNorm, Linear, TimestepEmbedding, remat_call, timestep_embedding
 from mvd_jax.models.resnet import AlphaBlender, temporal_block_scope
 
 
@@ -53,11 +53,12 @@ class TransformerSpatioTemporalModel(nnx.Module):
         self.time_mixer = AlphaBlender(0.5, rngs=rngs) if has_temporal else None
         self.proj_out = Linear(inner_dim, in_channels, rngs=rngs)
 
-    def __call__(self, x, context, image_only_indicator, frame_positions=None, gates=None):
+    def __call__(self, x, context, image_only_indicator, frame_positions=None, gates=None, remat=False):
         """x: (B·T, H, W, C); context: (B·T, S, D); image_only_indicator: (B, T).
 
         frame_positions (T,): the frame indices fed to `time_pos_embed`; default 0..T-1 (diffusers).
         gates: the temporal-gate vector (see gates.py) or None (all blocks on).
+        remat: recompute each spatial and temporal layer in the backward pass (layers.remat_call).
         """
         b, t = image_only_indicator.shape
         bt, h, w, c = x.shape
@@ -80,11 +81,11 @@ class TransformerSpatioTemporalModel(nnx.Module):
 
         for block, temporal_block, g in zip(self.transformer_blocks, self.temporal_transformer_blocks,
                                             self.gate_indices):
-            x = block(x, context)
+            x = remat_call(block, x, context, remat=remat)
             if temporal_block is None:  # pruned: the spatial result passes on unchanged
                 continue
             with jax.named_scope(temporal_block_scope(g)):  # lets the FLOP counter attribute it
-                x_mix = temporal_block(x + emb, t, time_context)
+                x_mix = remat_call(temporal_block, x + emb, t, time_context, remat=remat)
                 gate = None if gates is None else gates[g]
                 blended = self.time_mixer(x.reshape(b, t, h * w, -1), x_mix.reshape(b, t, h * w, -1),
                                           image_only_indicator, gate)

@@ -96,14 +96,13 @@ class SpatioTemporalUNet(nnx.Module):
         self.conv_norm_out = GroupNorm(boc[0], eps=1e-5, rngs=rngs)
         self.conv_out = Conv(boc[0], c.out_channels, (3, 3), rngs=rngs)
         self.temporal_gates = TemporalGates(len(plan.names), c.temporal_gating) if c.temporal_gating else None
-        # Training option (train.remat): recompute each block's activations in the backward pass instead
-        # of storing them (nnx.remat per down/mid/up block) — same numbers, less memory, more FLOPs.
+        # Training option (train.remat): recompute each layer's activations in the backward pass instead
+        # of storing them (each res-block and transformer layer, layers.remat_call) — same numbers, less
+        # memory, more FLOPs.
         self.remat = False
 
     def _block(self, block, *args, **static):
-        if not self.remat:
-            return block(*args, **static)
-        return nnx.remat(lambda blk, *a: blk(*a, **static))(block, *args)
+        return block(*args, remat=self.remat, **static)
 
     def __call__(self, sample, timestep, encoder_hidden_states, added_time_ids, image_only_indicator=None,
                  temporal_gates=None):

@@ -16,6 +16,7 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
+from mvd_jax.models.layers import remat_call
 from mvd_jax.models.resnet import Downsample2D, SpatioTemporalResBlock, Upsample2D
 from mvd_jax.models.transformer_temporal import TransformerSpatioTemporalModel
 
@@ -74,10 +75,10 @@ class DownBlockSpatioTemporal(nnx.Module):
         ])
         self.downsamplers = nnx.List([Downsample2D(out_channels, rngs=rngs)]) if add_downsample else None
 
-    def __call__(self, x, temb, image_only_indicator, context=None, frame_positions=None, gates=None):
+    def __call__(self, x, temb, image_only_indicator, context=None, frame_positions=None, gates=None, remat=False):
         skips = []
         for resnet in self.resnets:
-            x = resnet(x, temb, image_only_indicator, gates)
+            x = remat_call(resnet, x, temb, image_only_indicator, gates, remat=remat)
             skips.append(x)
         if self.downsamplers is not None:
             x = self.downsamplers[0](x)
@@ -104,11 +105,11 @@ class CrossAttnDownBlockSpatioTemporal(nnx.Module):
         ])
         self.downsamplers = nnx.List([Downsample2D(out_channels, rngs=rngs)]) if add_downsample else None
 
-    def __call__(self, x, temb, image_only_indicator, context=None, frame_positions=None, gates=None):
+    def __call__(self, x, temb, image_only_indicator, context=None, frame_positions=None, gates=None, remat=False):
         skips = []
         for resnet, attn in zip(self.resnets, self.attentions):
-            x = resnet(x, temb, image_only_indicator, gates)
-            x = attn(x, context, image_only_indicator, frame_positions, gates)
+            x = remat_call(resnet, x, temb, image_only_indicator, gates, remat=remat)
+            x = attn(x, context, image_only_indicator, frame_positions, gates, remat=remat)
             skips.append(x)
         if self.downsamplers is not None:
             x = self.downsamplers[0](x)
@@ -133,11 +134,11 @@ class UNetMidBlockSpatioTemporal(nnx.Module):
             for i in range(num_layers)
         ])
 
-    def __call__(self, x, temb, image_only_indicator, context, frame_positions=None, gates=None):
-        x = self.resnets[0](x, temb, image_only_indicator, gates)
+    def __call__(self, x, temb, image_only_indicator, context, frame_positions=None, gates=None, remat=False):
+        x = remat_call(self.resnets[0], x, temb, image_only_indicator, gates, remat=remat)
         for attn, resnet in zip(self.attentions, self.resnets[1:]):
-            x = attn(x, context, image_only_indicator, frame_positions, gates)
-            x = resnet(x, temb, image_only_indicator, gates)
+            x = attn(x, context, image_only_indicator, frame_positions, gates, remat=remat)
+            x = remat_call(resnet, x, temb, image_only_indicator, gates, remat=remat)
         return x
 
 
@@ -162,10 +163,10 @@ class UpBlockSpatioTemporal(nnx.Module):
         self.upsamplers = nnx.List([Upsample2D(out_channels, rngs=rngs)]) if add_upsample else None
 
     def __call__(self, x, skips, temb, image_only_indicator, context=None, frame_positions=None, gates=None,
-                 upsample_size=None):
+                 upsample_size=None, remat=False):
         for resnet in self.resnets:
             x = jnp.concatenate([x, skips.pop()], axis=-1)
-            x = resnet(x, temb, image_only_indicator, gates)
+            x = remat_call(resnet, x, temb, image_only_indicator, gates, remat=remat)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x, upsample_size)
         return x
@@ -188,11 +189,11 @@ class CrossAttnUpBlockSpatioTemporal(nnx.Module):
         self.upsamplers = nnx.List([Upsample2D(out_channels, rngs=rngs)]) if add_upsample else None
 
     def __call__(self, x, skips, temb, image_only_indicator, context=None, frame_positions=None, gates=None,
-                 upsample_size=None):
+                 upsample_size=None, remat=False):
         for resnet, attn in zip(self.resnets, self.attentions):
             x = jnp.concatenate([x, skips.pop()], axis=-1)
-            x = resnet(x, temb, image_only_indicator, gates)
-            x = attn(x, context, image_only_indicator, frame_positions, gates)
+            x = remat_call(resnet, x, temb, image_only_indicator, gates, remat=remat)
+            x = attn(x, context, image_only_indicator, frame_positions, gates, remat=remat)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x, upsample_size)
         return x

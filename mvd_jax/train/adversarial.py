@@ -152,6 +152,7 @@ def build_adversarial_programs(cfg, unet_abstract, mesh, encode):
 
         def discriminate(heads, x):
             disc = attention_kernel.set_form(dcodec.merge({**backbone, **heads}), d_form)
+            disc.backbone.remat = t.remat  # its layers recomputed in the backward pass too (R1, G's gradient)
             out = disc(x.astype(dtype), sigma_d, cond.astype(dtype), embeds.astype(dtype), ids)
             return out.logits.astype(jnp.float32), out.heads
 

@@ -128,7 +128,7 @@ def build_programs(cfg, unet_abstract, mesh, encoders, tx, schedule) -> Programs
 
     def loss_on(params_train, frozen, batch, key, step):
         unet = codec.merge({**frozen, **params_train})
-        unet.remat = t.remat  # rematerialise each block in the backward pass (models/unet.py)
+        unet.remat = t.remat  # rematerialise each layer in the backward pass (models/layers.py remat_call)
         attention_kernel.set_form(unet, form)
         return diffusion_loss(unet, batch, key, p_mean=t.p_mean, p_std=t.p_std, cond_dropout=t.cond_dropout,
                               gate_keep=gate_keep_at(t, step), l1_weight=t.l1_weight, dtype=dtype)
