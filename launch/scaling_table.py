@@ -21,7 +21,9 @@ up to ~20 GB of host RAM, one at a time), so no compile is spent where arithmeti
   B, not on N. So one compiled cell on N ≥ 2 chips predicts any other N′ of the same row, generation and B:
   total(N′) = total(N) − 1.25·state/N + 1.25·state/N′; before any compile of that triple, a compiled cell of
   the same row and B on another generation gives the activation part. A 1-chip compile predicts nothing
-  (unsharded, its parameter-sized temporaries are not separable from the activations).
+  (unsharded, its parameter-sized temporaries are not separable from the activations). More clips per chip
+  never need less memory, so before any compile with B clips a compiled cell with fewer gives a lower
+  bound, which may rule a slice out (never in).
 - candidates are tried from the smallest slice upwards; a slice whose prediction exceeds HBM is recorded as
   "predicted" (not compiled) and skipped; the first slice predicted to fit is compiled, and the search goes
   on upwards until a compiled slice fits. So "smallest that fits" is always a compiled cell, and the slices
@@ -89,8 +91,14 @@ def compile_cell(row: str, topology: str, per_chip: int, fast: bool = False, pla
             raise RuntimeError(f"{row} on {topology} ×{per_chip} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         report = json.loads(out.read_text())
     report.update(row=row, per_chip=per_chip, command=" ".join(cmd[1:]), wall_s=time.time() - t0,
-                  fast_compile=fast)
+                  fast_compile=fast, commit=_commit())
     return report
+
+
+def _commit() -> str | None:
+    """The checked-out commit the cell was compiled from (a result belongs to the code that made it)."""
+    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return proc.stdout.strip() or None
 
 
 def load() -> list:
@@ -138,6 +146,17 @@ def predict(results: list, row: str, topology: str, per_chip: int, state_bytes: 
     return None, None
 
 
+def at_least(results: list, row: str, topology: str, per_chip: int, state_bytes: float):
+    """(bytes per chip, basis): `predict` from a compiled cell with this many clips per chip; with none, the
+    largest prediction from a compiled cell with FEWER clips — a lower bound (more clips never need less
+    memory), enough to rule a slice out at 2 or 4 clips from the 1-clip compiles without compiling it."""
+    guess, basis = predict(results, row, topology, per_chip, state_bytes)
+    if guess is not None:
+        return guess, basis
+    floors = [predict(results, row, topology, fewer, state_bytes) for fewer in PER_CHIP if fewer < per_chip]
+    return max(((g, b) for g, b in floors if g is not None), key=lambda gb: gb[0], default=(None, None))
+
+
 def state_bytes_of(row: str) -> float:
     """The whole train state in bytes (parameters, EMA, Adam's moments, frozen weights), from a --plan_only
     sizing (seconds, no compile), cached in the results file."""
@@ -160,10 +179,10 @@ def search(row: str, generation: str, per_chip: int, fast: bool) -> dict | None:
         if done is None:
             if state / chips_of(topology) > hbm:
                 continue  # the state alone does not fit: no compile can
-            guess, basis = predict(results, row, topology, per_chip, state)
+            guess, basis = at_least(results, row, topology, per_chip, state)
             if guess is not None and guess > hbm:
                 print(f"skip {row} {topology} ×{per_chip}: predicted {guess / GIB:.2f} GiB per chip > "
-                      f"{hbm / GIB:.4g} GiB from the compiled {basis['topology']} ×{per_chip}", flush=True)
+                      f"{hbm / GIB:.4g} GiB from the compiled {basis['topology']} ×{basis['per_chip']}", flush=True)
                 continue
             done = compile_cell(row, topology, per_chip, fast)
             save(done)
@@ -217,10 +236,10 @@ def _ruled_out(results: list, row: str, generation: str, per_chip: int) -> str |
     for topology in CANDIDATES[generation]:
         if state / chips_of(topology) > _hbm(topology):
             continue
-        guess, basis = predict(results, row, topology, per_chip, state)
+        guess, basis = at_least(results, row, topology, per_chip, state)
         if guess is None or guess <= _hbm(topology):
             return None
-    return f"{basis['topology']} ×{per_chip}" if basis else None
+    return f"{basis['topology']} ×{basis['per_chip']}" if basis else None
 
 
 def cells_table(results: list) -> str:

@@ -185,14 +185,16 @@ def test_scaling_table_search_compiles_only_where_arithmetic_does_not_decide(tmp
     # one clip (v5e: 16 GiB): 1x1 holds 40 GiB of state (never compiled); 2x2 compiled, 12.5 + 7 > 16; 2x4 fits
     assert st.search("svd_512x256", "v5e", 1, fast=False)["topology"] == "v5e:2x4"
     assert calls == ["plan", "v5e:2x2", "v5e:2x4"]
-    # two clips: 2x2 compiled (26.5 GiB); from it 2x4 (20.25) and 4x4 (17.1) are predicted over HBM and skipped;
+    # two clips: 2x2 is ruled out by its own 1-clip compile (19.5 GiB, a lower bound) without compiling; 2x4
+    # (1 clip: 13.25) is compiled with two (20.25, over); from it 4x4 (17.1) is predicted over HBM and skipped;
     # 4x8 (15.6) is compiled and fits
     calls.clear()
     assert st.search("svd_512x256", "v5e", 2, fast=False)["topology"] == "v5e:4x8"
-    assert calls == ["v5e:2x2", "v5e:4x8"]
-    # four clips: 28 GiB of activations fit no slice; one compile says so and the rest is arithmetic
+    assert calls == ["v5e:2x4", "v5e:4x8"]
+    # four clips: 28 GiB of activations fit no slice; the 2-clip cells' lower bounds rule out every slice
+    # below 4x8, one compile there (29.6 GiB) says no, and the rest is arithmetic
     calls.clear()
-    assert st.search("svd_512x256", "v5e", 4, fast=False) is None and calls == ["v5e:2x2"]
+    assert st.search("svd_512x256", "v5e", 4, fast=False) is None and calls == ["v5e:4x8"]
     # a small state (12 GiB) allows a 1-chip compile; it does not fit (15 + 7 + 8 unsharded GiB), and scaled
     # from it 2x2 would look over HBM (3.75 + 22 − 15), but only a multi-chip compile predicts: 2x2 is compiled
     # (3.75 + 7 = 10.75) and fits
@@ -209,6 +211,11 @@ def test_scaling_table_search_compiles_only_where_arithmetic_does_not_decide(tmp
     assert st.search("svd_1024x576", "v6e", 1, fast=False) is None and calls == []
     table = st.smallest_table(st.load())
     assert "v5e:2x4 (8 chips)" in table and "v5e:4x8 (32 chips)" in table and "no fit on any slice" in table
+    # two clips of it: no compile either — the 1-clip compile is a lower bound that already rules out v5e
+    calls.clear()
+    assert st.search("svd_1024x576", "v5e", 2, fast=False) is None and calls == []
+    table = st.smallest_table(st.load())
+    assert "| svd_1024x576 | 2 | no fit on any slice (every slice predicted over HBM from the compiled v5e:2x2 ×1)" in table
     row = next(line for line in table.splitlines() if line.startswith("| svd_1024x576 | 1 |"))
     assert row.split(" | ")[4] == "no fit on any slice (every slice predicted over HBM from the compiled v5e:2x2 ×1) |"
     assert row.split(" | ")[3] == "not compiled yet"  # v5p (95 GiB) is predicted to fit: it needs a compile
