@@ -385,8 +385,9 @@ def main(argv=None):
                       "slower than predicted; more FSDP or train.remat=True leaves it room)")
         else:
             need = report.get("oom_used_bytes", report.get("total_bytes", report["argument_bytes"]))
-            print(f"DOES NOT FIT: {need / GIB:.3f} GiB per chip > {hbm / GIB:.4g} GiB. What would help, most "
-                  "effective first:")
+            usable = report.get("oom_capacity_bytes", hbm)  # the compiler's usable share of the chip's HBM
+            print(f"DOES NOT FIT: {need / GIB:.3f} GiB per chip > {usable / GIB:.4g} GiB usable of the chip's "
+                  f"{hbm / GIB:.4g} GiB HBM. What would help, most effective first:")
             for k in knobs(report):
                 print(f"  - {k}")
             status = EXIT_DOES_NOT_FIT

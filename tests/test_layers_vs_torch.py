@@ -8,7 +8,7 @@ from diffusers.models.embeddings import get_timestep_embedding
 from flax import nnx
 
 import oracle
-from mvd_jax.models.layers import Conv, GroupNorm, timestep_embedding
+from mvd_jax.models.layers import Conv, GroupNorm, LayerNorm, timestep_embedding
 from mvd_jax.models.resnet import resize_nearest
 
 
@@ -45,6 +45,28 @@ def test_group_norm_spans_frames_like_torch_5d():
         ref.bias.copy_(torch.tensor(np.asarray(norm.bias[...])))
         expected = ref(torch.from_numpy(x.transpose(0, 4, 1, 2, 3))).numpy().transpose(0, 2, 3, 4, 1)
     assert oracle.rel_l2(np.asarray(norm(jnp.asarray(x))), expected) < 1e-6
+
+
+def test_norms_keep_float64():
+    """GroupNorm and LayerNorm take bf16/float32 statistics in float32 but float64 in float64, against a NumPy
+    float64 reference to 1e-12 — a float32 norm capped the float64 gated-vs-pruned identity of the whole UNet
+    at 2e-7 (tests/test_mobilevd_options.py)."""
+    import jax
+
+    rng = np.random.default_rng(2)
+    x = 3.0 + 2.0 * rng.standard_normal((2, 5, 3, 4, 64))
+    g = x.reshape(2, 5, 3, 4, 32, 2)
+    mean, var = g.mean(axis=(1, 2, 3, 5), keepdims=True), g.var(axis=(1, 2, 3, 5), keepdims=True)
+    group_ref = ((g - mean) / np.sqrt(var + 1e-6)).reshape(x.shape)
+    layer_ref = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+    with jax.enable_x64(True):
+        group = GroupNorm(64, eps=1e-6, rngs=nnx.Rngs(0))(jnp.asarray(x))
+        layer = LayerNorm(64, rngs=nnx.Rngs(0))(jnp.asarray(x))
+        assert group.dtype == layer.dtype == jnp.float64
+        assert oracle.rel_l2(np.asarray(group), group_ref) < 1e-12
+        assert oracle.rel_l2(np.asarray(layer), layer_ref) < 1e-12
+    bf16 = GroupNorm(64, eps=1e-6, rngs=nnx.Rngs(0))(jnp.asarray(x, jnp.bfloat16))
+    assert bf16.dtype == jnp.bfloat16 and oracle.rel_l2(np.asarray(bf16, np.float64), group_ref) < 1e-2
 
 
 def test_strided_conv_uses_torch_symmetric_padding():

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mvd_jax.models.attention_kernel import AttentionForm, dot_product_attention
+from mvd_jax.models.attention_kernel import AttentionForm, batch_split, dot_product_attention
 from mvd_jax.models.layers import Identity, LayerNorm, Linear, param
 from mvd_jax.models.low_rank import LowRankLinear, low_rank_width
 
@@ -69,6 +69,7 @@ class Attention(nnx.Module):
         return self.to_out[0](self.to_v(context))
 
     def __call__(self, x, context=None):
+        x = batch_split(x, self.attention_form)  # activations stay split over the batch (attention_kernel.py)
         context = x if context is None else context
         b, n, _ = x.shape
         split = lambda t: t.reshape(t.shape[0], t.shape[1], self.heads, self.proj_head)
@@ -80,7 +81,7 @@ class Attention(nnx.Module):
         out = dot_product_attention(q, k, v, self.scale, self.attention_form)
         if self.funnel_o is not None:
             out = jnp.einsum("bnhe,hed->bnhd", out, self.funnel_o[...].astype(out.dtype))
-        return self.to_out[0](out.reshape(b, n, -1))
+        return batch_split(self.to_out[0](out.reshape(b, n, -1)), self.attention_form)
 
 
 class GEGLU(nnx.Module):

@@ -138,6 +138,24 @@ def form_for_mesh(implementation: str, mesh, **kwargs) -> AttentionForm:
     return AttentionForm(implementation, platform=platform, mesh=mesh, **kwargs)
 
 
+def batch_split(x, form: AttentionForm):
+    """`x` with its first (batch-like) dimension split over the form's batch axes of its mesh, when they divide
+    it; unchanged without a mesh. The attention layers pin their inputs and outputs so: with FSDP the
+    parameters are split over the same 'fsdp' axis as the batch, and XLA's sharding propagation left free
+    chose to keep every device's activations for the WHOLE global batch (all-gathered) rather than gather
+    the weights — measured: a micro step's temporaries per device grew 170 → 411 MB from 4 to 16 devices at
+    one clip each, and SVD 1024×576 on v5e:8x8 planned 91 GiB per chip."""
+    mesh = form.mesh
+    if mesh is None:
+        return x
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    axes = tuple(a for a in form.batch_axes if a in mesh.shape and mesh.shape[a] > 1)
+    if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
+        return x
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(axes, *([None] * (x.ndim - 1)))))
+
+
 # ---- the per-call decision -------------------------------------------------------------------------
 def _padded(n: int) -> int:
     return -(-n // TPU_TILE) * TPU_TILE

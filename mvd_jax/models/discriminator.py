@@ -65,7 +65,7 @@ from flax import nnx
 
 from mvd_jax.diffusion import edm
 from mvd_jax.errors import UserError
-from mvd_jax.models.layers import Conv, GroupNorm, Linear, TimestepEmbedding, timestep_embedding
+from mvd_jax.models.layers import Conv, GroupNorm, Linear, TimestepEmbedding, statistics_dtype, timestep_embedding
 from mvd_jax.models.unet import SpatioTemporalUNet, block_inputs, leave_top_level
 from mvd_jax.models.unet_config import UNetConfig
 
@@ -201,7 +201,7 @@ class UNetEncoder(nnx.Module):
 def _rms_normalize(x, eps: float = 1e-8):
     """x / RMS(x) over the last axis (StyleGAN's normalize_2nd_moment): the image embedding's scale is
     CLIP's, not ours; an all-zero embedding (conditioning dropout) stays zero."""
-    x32 = x.astype(jnp.float32)
+    x32 = x.astype(statistics_dtype(x))
     return (x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)).astype(x.dtype)
 
 
