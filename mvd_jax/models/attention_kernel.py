@@ -146,14 +146,18 @@ def batch_split(x, form: AttentionForm):
     the weights — measured: a micro step's temporaries per device grew 170 → 411 MB from 4 to 16 devices at
     one clip each, and SVD 1024×576 on v5e:8x8 planned 91 GiB per chip."""
     mesh = form.mesh
-    if mesh is None:
+    axes = () if mesh is None else _batch_axes_dividing(mesh, form.batch_axes, x.shape[0])
+    if not axes:
         return x
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    axes = tuple(a for a in form.batch_axes if a in mesh.shape and mesh.shape[a] > 1)
-    if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
-        return x
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(axes, *([None] * (x.ndim - 1)))))
+
+
+def _batch_axes_dividing(mesh, batch_axes: tuple[str, ...], n: int) -> tuple[str, ...]:
+    """Those of `batch_axes` that the mesh has (size > 1), when together they divide a batch of `n`; else ()."""
+    axes = tuple(a for a in batch_axes if a in mesh.shape and mesh.shape[a] > 1)
+    return axes if n % math.prod(mesh.shape[a] for a in axes) == 0 else ()
 
 
 # ---- the per-call decision -------------------------------------------------------------------------
@@ -262,9 +266,8 @@ def pallas_tpu_attention(q, k, v, scale: float, form: AttentionForm = AttentionF
         mesh = None if abstract.empty else abstract
     if mesh is None:
         return _flash(q, k, v, scale)
-    batch_axes = tuple(a for a in form.batch_axes if a in mesh.shape and mesh.shape[a] > 1)
-    if q.shape[0] % math.prod(mesh.shape[a] for a in batch_axes):
-        batch_axes = ()  # cannot split this batch evenly: every device runs the whole of it
+    # () when the batch does not split evenly: every device runs the whole of it
+    batch_axes = _batch_axes_dividing(mesh, form.batch_axes, q.shape[0])
     head_axis = form.head_axis if form.head_axis in mesh.shape and mesh.shape[form.head_axis] > 1 else None
     if head_axis and q.shape[2] % mesh.shape[head_axis]:
         head_axis = None
