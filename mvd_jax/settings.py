@@ -293,7 +293,10 @@ def defaults() -> ml_collections.ConfigDict:
         grad_accum=1,  # micro-batches per step
         nan_policy="stop",  # stop | skip
         dtype="float32",  # activation dtype: float32 | bfloat16 (parameters stay float32)
-        remat=False,  # rematerialise each UNet block in the backward pass
+        remat=False,  # rematerialise each UNet layer (res-block, transformer layer) in the backward pass
+        # XLA:TPU's windowed einsum for FSDP's all-gathers / reduce-scatters: its buffers grow with the FSDP
+        # width (train/sharding.py step_compiler_options); off keeps the memory per chip flat
+        tpu_collective_matmul=False,
         # attention form (models/attention_kernel.py): auto (per target platform: CPU blocked loops, TPU the
         # Pallas flash kernel, GPU cuDNN fused attention, each falling back to XLA where it does not apply)
         # | xla | blocked | pallas_tpu | cudnn
@@ -372,7 +375,7 @@ RULES: dict[str, Rule] = {
     "train.trainable": NameOrPattern(TRAINABLE_GROUPS), "train.gate_keep": Int(0), "train.gate_keep_start": Int(0),
     "train.gate_anneal_steps": Int(0), "train.l1_weight": Float(min=0), "train.grad_accum": POSITIVE,
     "train.nan_policy": Choice(("stop", "skip")), "train.dtype": Choice(("float32", "bfloat16")),
-    "train.remat": Flag(), "train.attention": Choice(IMPLEMENTATIONS), "train.log_every": POSITIVE,
+    "train.remat": Flag(), "train.tpu_collective_matmul": Flag(), "train.attention": Choice(IMPLEMENTATIONS), "train.log_every": POSITIVE,
     "train.checkpoint_every": POSITIVE, "train.keep_checkpoints": POSITIVE, "train.sample_every": Int(0),
     "train.sample_at_end": Flag(), "train.sample_steps": POSITIVE,
     # ---- adversarial ----

@@ -188,10 +188,14 @@ def knobs(report: dict) -> list[str]:
     micro = (f"--config.train.grad_accum=K (now {report.get('grad_accum', 1)}) or a smaller "
              f"--config.train.batch_size (now {report['batch_size']}): fewer activations per micro-batch")
     bf16 = "--config.train.dtype=bfloat16: halves the activations (parameters stay float32)"
+    windowed = ("--config.train.tpu_collective_matmul=False: XLA:TPU's windowed einsum keeps buffers that grow "
+                "with the FSDP width (train/sharding.py)")
     first, second = (fsdp, remat) if args >= temps else (remat, fsdp)
     for k in (first, second):
         if (k is fsdp and fsdp_room) or (k is remat and not report.get("remat")):
             out.append(k)
+    if report.get("tpu_collective_matmul"):
+        out.append(windowed)
     out.append(micro)
     if report.get("dtype") == "float32":
         out.append(bf16)
@@ -211,7 +215,8 @@ def format_tpu_report(report: dict, tpu: TpuSlice, num_slices: int, hbm_bytes: f
              f"bf16 peak",
              f"mesh data {report['mesh']['data']} × fsdp {report['mesh']['fsdp']} × tensor {report['mesh']['tensor']}; "
              f"global batch {report['batch_size']} (grad_accum {report.get('grad_accum', 1)}), {report['frames']} "
-             f"frames {report['width']}×{report['height']}, remat {report['remat']}, dtype {report['dtype']}; "
+             f"frames {report['width']}×{report['height']}, remat {report['remat']}, dtype {report['dtype']}, "
+             f"collective matmul {report.get('tpu_collective_matmul', False)}; "
              f"trainable parameters {report['trainable_params']:,}, frozen {report['frozen_params']:,}"]
     if "total_bytes" in report:
         gb = lambda k: report[k] / GIB  # noqa: E731

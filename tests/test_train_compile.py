@@ -131,6 +131,11 @@ def test_tpu_v5e_compile_reports_memory_flops_and_step_time(v5e_fsdp4):
     forms = {(tuple(a["q"]), a["form"]) for a in r["attention"]}
     assert forms == {((16, 128, 2, 16), "pallas_tpu"), ((512, 4, 2, 16), "xla")}, forms
     assert r["pallas_kernel_calls"] >= 3
+    # XLA:TPU's windowed einsum is off by default (train.tpu_collective_matmul; its buffers grow with the FSDP
+    # width): the options reach the compiler — with it on, this step's FSDP layers hold 12 collective-permutes
+    assert r["compiler_options"] == {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
+                                     "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
+    assert r["collective_permutes"] == 0 and "collective matmul False" in proc.stdout
 
 
 @needs_libtpu
@@ -174,7 +179,15 @@ def test_tpu_slices_and_compiler_oom_messages():
     report.update(argument_bytes=1 * GIB, temp_bytes=30 * GIB, mesh={"data": 1, "fsdp": 8, "tensor": 1})
     k = knobs(report)
     assert k[0].startswith("--config.train.remat=True") and not any("mesh.fsdp" in x for x in k)
-    assert any("bfloat16" in x for x in k)
+    assert any("bfloat16" in x for x in k) and not any("collective_matmul" in x for x in k)
+    report["tpu_collective_matmul"] = True  # named only where it was turned on
+    assert any(x.startswith("--config.train.tpu_collective_matmul=False") for x in knobs(report))
+    # the option exists on TPU targets only (XLA:CPU/GPU have no such flag and would refuse it)
+    import jax
+
+    from mvd_jax.train.sharding import make_mesh, step_compiler_options
+    cpu = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    assert step_compiler_options(cpu, False) == step_compiler_options(cpu, True) == {}
 
 
 @needs_libtpu

@@ -207,4 +207,5 @@ def build_adversarial_programs(cfg, unet_abstract, mesh, encode):
                     train_step=train_step, encode=encode, state_shardings=state_sh, frozen_shardings=frozen_sh,
                     schedule=schedule, abstract_trainable={"generator": g_shapes, "discriminator": d_shapes},
                     abstract_frozen=frozen_shapes, initial_arrays=initial_arrays,
-                    trainable_shardings={"generator": g_sh, "discriminator": d_sh})
+                    trainable_shardings={"generator": g_sh, "discriminator": d_sh},
+                    compiler_options=shd.step_compiler_options(mesh, t.tpu_collective_matmul))

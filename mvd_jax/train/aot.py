@@ -151,7 +151,7 @@ def compile_train_step(config, devices=None, *, mesh: Mesh | None = None, compil
             lowered = programs.train_step.lower(state, frozen, batch)
         t1 = time.perf_counter()
         try:
-            compiler = compiled_report(lowered.compile())
+            compiler = compiled_report(lowered.compile(programs.compiler_options))
         except Exception as e:  # the TPU compiler refuses a plan larger than the chip's HBM
             oom = parse_hbm_oom(str(e))
             if oom is None:
@@ -175,7 +175,8 @@ def compile_train_step(config, devices=None, *, mesh: Mesh | None = None, compil
         "mesh": {a: int(n) for a, n in mesh.shape.items()},
         "batch_size": int(t.batch_size), "grad_accum": int(t.grad_accum),
         "frames": int(cfg.frames), "height": int(cfg.height), "width": int(cfg.width),
-        "remat": bool(t.remat), "dtype": t.dtype, "trainable": t.trainable,
+        "remat": bool(t.remat), "dtype": t.dtype, "tpu_collective_matmul": bool(t.tpu_collective_matmul),
+        "compiler_options": programs.compiler_options, "trainable": t.trainable,
         "phase": t.phase, "attention": forms,
         "trainable_params": count(programs.abstract_trainable), "frozen_params": count(programs.abstract_frozen),
         "lower_s": t1 - t0, "compile_s": t2 - t1,

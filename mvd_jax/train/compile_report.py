@@ -15,6 +15,7 @@ reports a quarter of the lowered, global FLOPs). The figures:
 from __future__ import annotations
 
 import json
+import re
 
 from mvd_jax import storage
 
@@ -38,8 +39,12 @@ def compiled_report(compiled) -> dict:
         report["xla_peak_bytes"] = float(getattr(mem, "peak_memory_in_bytes", 0) or 0)
     # Pallas TPU kernels (Mosaic) appear in the compiled program as custom calls of this target: their
     # count says the attention kernel made it through the compiler (models/attention_kernel.py)
+    # and XLA:TPU's windowed einsum (collective matmul) shows as collective-permutes in the FSDP layers'
+    # loops (train/sharding.py step_compiler_options turns it off)
     try:
-        report["pallas_kernel_calls"] = compiled.as_text().count('custom_call_target="tpu_custom_call"')
+        text = compiled.as_text()
+        report["pallas_kernel_calls"] = text.count('custom_call_target="tpu_custom_call"')
+        report["collective_permutes"] = len(re.findall(r" collective-permute(?:-start)?\(", text))
     except Exception:  # a backend without a text form of its executable
         pass
     cost = compiled.cost_analysis()

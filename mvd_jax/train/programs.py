@@ -31,6 +31,9 @@ class Programs:
     abstract_frozen: dict = None  # the frozen dict, as ShapeDtypeStructs
     initial_arrays: object = None  # starting UNet → (init_state's argument, frozen dict), host arrays
     trainable_shardings: object = None  # where init_state's argument lives
+    # XLA options train_step is compiled with (`train_step.lower(...).compile(compiler_options)`; jit itself
+    # takes none, so the step stays traceable by make_jaxpr): sharding.step_compiler_options
+    compiler_options: dict = dataclasses.field(default_factory=dict)
 
 
 def opt_state_shardings(abstract_opt_state, param_shardings: dict, mesh):

@@ -123,3 +123,21 @@ def global_batch(local: dict, mesh: Mesh) -> dict:
     """Per-host NumPy arrays → global jax.Arrays split over the batch axes (hosts' blocks side by side)."""
     return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), np.asarray(v))
             for k, v in local.items()}
+
+
+# XLA:TPU's windowed einsum ("collective matmul") splits an FSDP all-gather or reduce-scatter into a loop of
+# collective-permutes overlapped with slices of the matmul. Its buffers grow with the FSDP width: the micro
+# UNet's train step at 256×512, one clip per chip, planned 1.50 GiB temporaries per chip on v5e:2x2 and 2.62
+# on v5e:2x4; without it 1.39 and 1.40 (TPU compiles from this host), and SVD 1024×576 went from 15.8 GiB on
+# v5e:2x2 to 40.2 GiB on v5e:2x4 with it. Off by default (train.tpu_collective_matmul=False): the memory
+# per chip then stays that of one chip's share as the slice grows; the all-gathers stay asynchronous and are
+# still overlapped with the previous layer's compute by XLA's scheduler.
+_NO_COLLECTIVE_MATMUL = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
+                         "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
+
+
+def step_compiler_options(mesh: Mesh, collective_matmul: bool) -> dict:
+    """XLA options for a train step compiled for `mesh`'s devices: TPU targets without collective matmul
+    unless asked (see above); other platforms have no such option and get none."""
+    platform = next(iter(mesh.devices.flat)).platform
+    return {} if platform != "tpu" or collective_matmul else dict(_NO_COLLECTIVE_MATMUL)

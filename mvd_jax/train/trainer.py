@@ -177,7 +177,8 @@ def build_programs(cfg, unet_abstract, mesh, encoders, tx, schedule) -> Programs
     return Programs(codec, train_keys, frozen_keys, init_state, train_step, make_encode(cfg, encoders, mesh), state_sh,
                     frozen_sh, schedule, abstract_trainable={k: shapes[k] for k in train_keys},
                     abstract_frozen={k: shapes[k] for k in frozen_keys}, initial_arrays=initial_arrays,
-                    trainable_shardings=trainable_sh)
+                    trainable_shardings=trainable_sh,
+                    compiler_options=shd.step_compiler_options(mesh, t.tpu_collective_matmul))
 
 
 def make_encode(cfg, encoders, mesh):
@@ -309,7 +310,7 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
             if sample_batch is None:
                 sample_batch = batch
             if step_fn is None:  # compile once, and report what the compiler planned per device
-                step_fn, flops_per_device = _compile_step(programs.train_step, state, frozen, batch, mesh, workdir,
+                step_fn, flops_per_device = _compile_step(programs, state, frozen, batch, mesh, workdir,
                                                           is_main, log)
             state, metrics = step_fn(state, frozen, batch)
             for k in AVERAGED_METRICS:
@@ -374,12 +375,12 @@ def _next_batch(data_iter, mesh, programs, enc_state, step, cached):
     return programs.encode(enc_state, raw["video"], raw["fps"], raw["motion_bucket_id"], jnp.int32(step))
 
 
-def _compile_step(train_step, state, frozen, batch, mesh, workdir, is_main, log):
+def _compile_step(programs, state, frozen, batch, mesh, workdir, is_main, log):
     """The step compiled for these exact arrays, and its per-device FLOPs. The compiler's memory plan
     (per device) is logged and written to workdir/compile_report.json."""
     with attention_kernel.recording() as forms:  # the attention form each shape got, for the report
-        lowered = train_step.lower(state, frozen, batch)
-    compiled = lowered.compile()
+        lowered = programs.train_step.lower(state, frozen, batch)
+    compiled = lowered.compile(programs.compiler_options)
     report = {**compiled_report(compiled), "attention": forms}
     log(format_report(report, devices=jax.device_count()))
     log(format_attention(forms))
