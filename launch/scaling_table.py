@@ -11,7 +11,8 @@ compile of the real train step on this CPU host (python -m mvd_jax.train_compile
 Setting of every cell: all parameters trained (AdamW + EMA, float32 state; the adversarial row adds the
 discriminator's heads and its frozen UNet-encoder copy), `train.remat=True`, `train.dtype=bfloat16`,
 `train.attention=auto` (on TPU: the Pallas flash kernel for the spatial self-attention, XLA's form for the
-rest; models/attention_kernel.py), FSDP over every chip (`mesh.data=1, mesh.fsdp=chips`), B clips of 14
+rest; models/attention_kernel.py), XLA:TPU's windowed einsum off (`train.tpu_collective_matmul=False`, the default:
+its buffers grow with the FSDP width; train/sharding.py), FSDP over every chip (`mesh.data=1, mesh.fsdp=chips`), B clips of 14
 frames per chip (global batch = B × chips), the config's resolution.
 
 The search for one (row, generation, B). Compiles are expensive here (an SVD-size step: tens of minutes and
@@ -169,20 +170,32 @@ def state_bytes_of(row: str) -> float:
     return plan["argument_bytes"] * plan["devices"]
 
 
+def skip(results: list, row: str, topology: str, per_chip: int, state_bytes: float):
+    """Why `topology` needs no compile for (row, clips per chip) — the search's one rule (module docstring):
+    ("state", None, None) when the train state alone exceeds the chip's HBM, ("predicted", bytes, basis) when a
+    compiled cell's arithmetic (`at_least`) puts it over; None: compile it."""
+    hbm = _hbm(topology)
+    if state_bytes / chips_of(topology) > hbm:
+        return "state", None, None
+    guess, basis = at_least(results, row, topology, per_chip, state_bytes)
+    if guess is not None and guess > hbm:
+        return "predicted", guess, basis
+    return None
+
+
 def search(row: str, generation: str, per_chip: int, fast: bool) -> dict | None:
     """Compile upwards until a slice fits (see the module docstring); returns the smallest that fits."""
     state = state_bytes_of(row)
     for topology in CANDIDATES[generation]:
         results = load()
-        hbm = _hbm(topology)
         done = compiled(results, row, topology, per_chip)
         if done is None:
-            if state / chips_of(topology) > hbm:
-                continue  # the state alone does not fit: no compile can
-            guess, basis = at_least(results, row, topology, per_chip, state)
-            if guess is not None and guess > hbm:
-                print(f"skip {row} {topology} ×{per_chip}: predicted {guess / GIB:.2f} GiB per chip > "
-                      f"{hbm / GIB:.4g} GiB from the compiled {basis['topology']} ×{basis['per_chip']}", flush=True)
+            why = skip(results, row, topology, per_chip, state)
+            if why is not None:
+                if why[0] == "predicted":
+                    print(f"skip {row} {topology} ×{per_chip}: predicted {why[1] / GIB:.2f} GiB per chip > "
+                          f"{_hbm(topology) / GIB:.4g} GiB from the compiled {why[2]['topology']} ×{why[2]['per_chip']}",
+                          flush=True)
                 continue
             done = compile_cell(row, topology, per_chip, fast)
             save(done)
@@ -226,19 +239,18 @@ def smallest_table(results: list) -> str:
 
 
 def _ruled_out(results: list, row: str, generation: str, per_chip: int) -> str | None:
-    """The compiled cell (as "TOPOLOGY ×B") from which every slice of `generation` is predicted over HBM — the
-    search's own skip rule, so such a generation gets no compile at all — else None."""
+    """The compiled cell (as "TOPOLOGY ×B") from which every slice of `generation` is predicted over HBM by the
+    search's own rule (`skip`), so such a generation gets no compile at all — else None."""
     plan = next((r for r in results if r["row"] == row and r.get("planned_only")), None)
     if plan is None:
         return None
     state = plan["argument_bytes"] * plan["devices"]
     basis = None
     for topology in CANDIDATES[generation]:
-        if state / chips_of(topology) > _hbm(topology):
-            continue
-        guess, basis = at_least(results, row, topology, per_chip, state)
-        if guess is None or guess <= _hbm(topology):
+        why = skip(results, row, topology, per_chip, state)
+        if why is None:
             return None
+        basis = why[2] or basis
     return f"{basis['topology']} ×{basis['per_chip']}" if basis else None
 
 
