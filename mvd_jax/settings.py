@@ -326,7 +326,8 @@ def defaults() -> ml_collections.ConfigDict:
     )
     c.optimizer = dict(learning_rate=1e-4, warmup_steps=10, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
                        clip_norm=1.0,  # 0: no clipping
-                       ema_decay=0.999)
+                       ema_decay=0.999,
+                       ema_warmup=True)  # decay min(ema_decay, (1+n)/(10+n)) at update n (diffusers' EMAModel)
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.init_from = ""  # an SVD diffusers folder (or its unet/), or a previous stage's workdir (train/stages.py)
     c.init_ema = True  # from a previous stage: start from its EMA weights (False: its raw weights)
@@ -392,7 +393,7 @@ RULES: dict[str, Rule] = {
     # ---- optimizer ----
     "optimizer.learning_rate": Float(min=0), "optimizer.warmup_steps": Int(0), "optimizer.b1": BETA,
     "optimizer.b2": BETA, "optimizer.eps": Float(min=0, min_open=True), "optimizer.weight_decay": Float(min=0),
-    "optimizer.clip_norm": Float(min=0), "optimizer.ema_decay": UNIT,
+    "optimizer.clip_norm": Float(min=0), "optimizer.ema_decay": UNIT, "optimizer.ema_warmup": Flag(),
     # ---- mesh ----
     "mesh.data": MESH_SIZE, "mesh.fsdp": MESH_SIZE, "mesh.tensor": MESH_SIZE,
 }

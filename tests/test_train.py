@@ -167,11 +167,12 @@ def test_loss_falls_on_a_fixed_batch_and_ema_follows_its_recursion(tmp_path):
     decay = cfg.optimizer.ema_decay
     ema = {k: np.asarray(v, np.float64) for k, v in params.items()}
     loss_history = []
-    for _ in range(200):
+    for n in range(200):
         state, metrics = programs.train_step(state, {}, batch)
         loss_history.append(float(metrics["loss"]))
         now = jax.device_get(state["params"])
-        ema = {k: decay * ema[k] + (1 - decay) * np.asarray(now[k], np.float64) for k in ema}
+        d = min(decay, (1 + n) / (10 + n))  # the EMA's warm-up (diffusers' EMAModel): 0.1 at the first update
+        ema = {k: d * ema[k] + (1 - d) * np.asarray(now[k], np.float64) for k in ema}
     first, last = np.mean(loss_history[:10]), np.mean(loss_history[-10:])
     print(f"denoising loss: first 10 steps {first:.4f}, last 10 steps {last:.4f}")
     assert last < 0.5 * first, (first, last)

@@ -33,7 +33,7 @@ from mvd_jax.errors import UserError
 from mvd_jax.models import attention_kernel
 from mvd_jax.train import adversarial_loss as adv
 from mvd_jax.train import sharding as shd
-from mvd_jax.train.model_state import ParamCodec, ema_update, trainable_keys, tree_finite
+from mvd_jax.train.model_state import ParamCodec, ema_decay_at, ema_update, trainable_keys, tree_finite
 from mvd_jax.train.programs import Programs, gate_keep_at, opt_state_shardings
 
 DISCRIMINATOR_PREFIX = "discriminator/"  # D's frozen backbone keys in the frozen dict
@@ -181,7 +181,9 @@ def build_adversarial_programs(cfg, unet_abstract, mesh, encode):
         params = optax.apply_updates(state["params"], g_updates)
 
         grad_norm, d_grad_norm = optax.tree.norm(g_grads), optax.tree.norm(d_grads)
-        new = {"params": params, "ema": ema_update(state["ema"], params, cfg.optimizer.ema_decay),
+        g_updates_before = jnp.maximum(step - a.d_warmup_steps, 0)  # G's EMA is held during D's warm-up
+        ema_decay = ema_decay_at(cfg.optimizer.ema_decay, g_updates_before, cfg.optimizer.ema_warmup)
+        new = {"params": params, "ema": ema_update(state["ema"], params, ema_decay),
                "opt_state": opt_state, "d_params": d_params, "d_opt_state": d_opt_state,
                "step": step + 1, "skipped": state["skipped"]}
         # D warm-up: for the first d_warmup_steps G, its EMA and its optimizer state stay as they are (its

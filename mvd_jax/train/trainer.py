@@ -36,6 +36,7 @@ from mvd_jax.train.metrics import MetricWriter
 from mvd_jax.train.model_state import (
     ParamCodec,
     build_unet,
+    ema_decay_at,
     ema_update,
     init_unet_from_svd,
     make_optimizer,
@@ -157,7 +158,8 @@ def build_programs(cfg, unet_abstract, mesh, encoders, tx, schedule) -> Programs
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         new = {"params": params, "opt_state": opt_state,
-               "ema": ema_update(state["ema"], params, cfg.optimizer.ema_decay),
+               "ema": ema_update(state["ema"], params,
+                                 ema_decay_at(cfg.optimizer.ema_decay, step, cfg.optimizer.ema_warmup)),
                "step": step + 1, "skipped": state["skipped"]}
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & tree_finite(params)
         # A non-finite step changes nothing but the step counter (the policy decides on the host).
