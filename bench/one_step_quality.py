@@ -1,5 +1,5 @@
-"""One-step sample quality of trained runs: FVD of 1-step samples against real clips (a proxy on the
-bundled videos, not the paper's UCF-101 protocol).
+"""Sample quality of trained runs: FVD of 1-step (with --steps N: N-step Euler) samples against real clips
+(a proxy on the bundled videos, not the paper's UCF-101 protocol).
 
     python bench/one_step_quality.py --runs runs/demo runs/demo_adversarial --clips 32 --noise-seeds 3 \
         --out bench/results/one_step.json --sheet bench/results/one_step.png
@@ -39,7 +39,7 @@ from mvd_jax.data.clips import ClipSpec  # noqa: E402
 from mvd_jax.data.encode import encode_clips  # noqa: E402
 from mvd_jax.data.loader import LoaderOptions, VideoClipLoader  # noqa: E402
 from mvd_jax.data.manifest import read_entries  # noqa: E402
-from mvd_jax.diffusion import samplers  # noqa: E402
+from mvd_jax.diffusion import edm, samplers  # noqa: E402
 from mvd_jax.eval.fvd import FeatureExtractor, fvd_from_stats  # noqa: E402
 from mvd_jax.train.stages import read_run_unet  # noqa: E402
 from mvd_jax.train.trainer import build_autoencoder  # noqa: E402
@@ -57,9 +57,11 @@ def to_uint8(video) -> np.ndarray:
     return np.asarray(jnp.clip((jnp.asarray(video) + 1) * 127.5 + 0.5, 0, 255)).astype(np.uint8)
 
 
-def one_step_samples(run: Path, clips, seed: int, noise_seeds: list[int]):
-    """uint8 1-step samples (len(noise_seeds), N, T, H, W, 3): the conditioning (noise augmentation of the
-    first frame) from `seed`, the σ_max noise from each noise seed — the same for every run."""
+def one_step_samples(run: Path, clips, seed: int, noise_seeds: list[int], steps: int = 1):
+    """uint8 samples (len(noise_seeds), N, T, H, W, 3): the conditioning (noise augmentation of the first
+    frame) from `seed`, the σ_max noise from each noise seed — the same for every run. steps = 1: the
+    distilled single step; more: Euler over that many Karras σ levels from σ_max, guidance off (the
+    trainer's sample videos)."""
     unet, cfg, step = read_run_unet(run, use_ema=True)
     autoencoder, image_encoder = build_autoencoder(cfg)
     b = clips["video"].shape[0]
@@ -74,7 +76,10 @@ def one_step_samples(run: Path, clips, seed: int, noise_seeds: list[int]):
     @jax.jit
     def sample(state, noise, cond, embeds, ids):
         model = nnx.merge(graphdef, state)
-        return samplers.single_step_sample(lambda *a: model(*a), noise, cond, embeds, ids)
+        if steps == 1:
+            return samplers.single_step_sample(lambda *a: model(*a), noise, cond, embeds, ids)
+        return samplers.euler_sample(lambda *a: model(*a), noise, edm.karras_sigmas(steps), cond, embeds, ids,
+                                     min_scale=1.0, max_scale=1.0)
 
     per_seed = []
     for noise_seed in noise_seeds:
@@ -143,6 +148,8 @@ def main():
     parser.add_argument("--noise-seeds", type=int, default=1,
                         help="sample each run with this many σ_max noise draws (seeds seed+1, seed+2, …; the same for "
                              "every run): FVD per draw (mean ± std: the metric's own noise) and of all draws pooled")
+    parser.add_argument("--steps", type=int, default=1,
+                        help="sampling steps: 1 the distilled single step, more Euler from σ_max (guidance off)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--baselines", action="store_true",
                         help="also score two model-free references: the conditioning frame held still for every "
@@ -175,11 +182,11 @@ def main():
             print(f"{name}: FVD vs real {entry['one_step_fvd']:.1f}; {describe(entry)}")
     for run in args.runs:
         noise_seeds = [args.seed + 1 + k for k in range(args.noise_seeds)]
-        per_seed, cfg, step = one_step_samples(Path(run), clips, args.seed, noise_seeds)
+        per_seed, cfg, step = one_step_samples(Path(run), clips, args.seed, noise_seeds, args.steps)
         fvds = [fvd_from_stats(real_stats, extractor.stats(doubled(s))) for s in per_seed]
         phase = cfg.train.get("phase", "diffusion")  # runs from before the adversarial phase existed
         sheet_rows.append(per_seed[0])
-        entry = {"phase": phase, "step": int(step), "one_step_fvd": float(np.mean(fvds)),
+        entry = {"phase": phase, "step": int(step), "sampling_steps": args.steps, "one_step_fvd": float(np.mean(fvds)),
                  **scores(per_seed, real, real_pixels)}
         spread = ""
         if len(fvds) > 1:
@@ -189,7 +196,7 @@ def main():
             spread = (f" ± {entry['one_step_fvd_std']:.1f} over {len(fvds)} noise draws "
                       f"(pooled {entry['one_step_fvd_pooled']:.1f})")
         results["runs"][run] = entry
-        print(f"{run} ({phase}, step {step}): 1-step FVD vs real {entry['one_step_fvd']:.1f}{spread}; {describe(entry)}")
+        print(f"{run} ({phase}, step {step}): {args.steps}-step FVD vs real {entry['one_step_fvd']:.1f}{spread}; {describe(entry)}")
     if args.sheet:
         contact_sheet(sheet_rows, args.sheet)
     if args.out:
