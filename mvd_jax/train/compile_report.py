@@ -39,8 +39,8 @@ def compiled_report(compiled) -> dict:
         report["xla_peak_bytes"] = float(getattr(mem, "peak_memory_in_bytes", 0) or 0)
     # Pallas TPU kernels (Mosaic) appear in the compiled program as custom calls of this target: their
     # count says the attention kernel made it through the compiler (models/attention_kernel.py)
-    # and XLA:TPU's windowed einsum (collective matmul) shows as collective-permutes in the FSDP layers'
-    # loops (train/sharding.py step_compiler_options turns it off)
+    # and the compiled program's collective-permutes, where XLA:TPU's windowed einsum (collective matmul) loops
+    # show (train/sharding.py step_compiler_options turns it off; full-size steps keep some from other passes)
     try:
         text = compiled.as_text()
         report["pallas_kernel_calls"] = text.count('custom_call_target="tpu_custom_call"')

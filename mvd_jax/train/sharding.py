@@ -126,12 +126,15 @@ def global_batch(local: dict, mesh: Mesh) -> dict:
 
 
 # XLA:TPU's windowed einsum ("collective matmul") splits an FSDP all-gather or reduce-scatter into a loop of
-# collective-permutes overlapped with slices of the matmul. Its buffers grow with the FSDP width: the micro
-# UNet's train step at 256×512, one clip per chip, planned 1.50 GiB temporaries per chip on v5e:2x2 and 2.62
-# on v5e:2x4; without it 1.39 and 1.40 (TPU compiles from this host), and SVD 1024×576 went from 15.8 GiB on
-# v5e:2x2 to 40.2 GiB on v5e:2x4 with it. Off by default (train.tpu_collective_matmul=False): the memory
-# per chip then stays that of one chip's share as the slice grows; the all-gathers stay asynchronous and are
-# still overlapped with the previous layer's compute by XLA's scheduler.
+# collective-permutes overlapped with slices of the matmul. Its buffers grow with the FSDP width (TPU
+# compiles from this host, fast compile, one clip per chip): the micro UNet's step at 256×512 planned 1.50 GiB
+# of temporaries per chip on v5e:2x2 and 2.62 on v5e:2x4 with it, 1.39 and 1.40 without; SVD 1024×576 on
+# v5e:2x4 40.2 GiB per chip with it, 14.23 without (the state halves from 4 chips, the temporaries 10.00 →
+# 11.36 GiB). On four chips it is a wash (without / with: SVD 512×256 9.58 / 9.80 GiB, SVD 1024×576 15.72 /
+# 15.81, MobileVD 6.66 / 6.65, MobileVD-HD 13.96 / 13.11, adversarial 12.10 / 12.65). Off by default
+# (train.tpu_collective_matmul=False): the memory per chip then falls as the slice grows, as FSDP promises,
+# instead of rising; the all-gathers stay asynchronous and XLA's scheduler still overlaps them with other
+# layers' compute. Turn it on where a 4-chip plan has room and the overlap is wanted.
 _NO_COLLECTIVE_MATMUL = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
                          "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
 
