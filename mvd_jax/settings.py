@@ -274,8 +274,10 @@ def defaults() -> ml_collections.ConfigDict:
     # Where latents and the image embedding come from. kind "svd": the VAE and CLIP image encoder of an
     # SVD diffusers folder (`checkpoint`); kind "pixel": the parameter-free pixel autoencoder plus a
     # small randomly initialised (fixed) CLIP image encoder — the offline demo's stand-in.
-    c.autoencoder = dict(kind="pixel", checkpoint="", pixel_factor=4, clip_hidden_size=32, clip_layers=1,
-                         clip_heads=2, clip_patch_size=32, clip_seed=0)
+    # pixel_scaling_factor multiplies the pixel latents (as SVD's VAE scales its latents by 0.18215) so their
+    # spread can match the EDM preconditioning's σ_data = 1 (pixel blocks in [−1, 1] have std ≈ 0.5)
+    c.autoencoder = dict(kind="pixel", checkpoint="", pixel_factor=4, pixel_scaling_factor=1.0, clip_hidden_size=32,
+                         clip_layers=1, clip_heads=2, clip_patch_size=32, clip_seed=0)
     c.train = dict(
         phase="diffusion",  # diffusion (EDM denoising loss) | adversarial (single-step, train/adversarial.py)
         steps=100,
@@ -364,7 +366,7 @@ RULES: dict[str, Rule] = {
     "data.videos": Text(), "data.cache": Text(), "data.fps": Float(min=0), "data.crop": Choice(("random", "center")),
     "data.workers": Int(0), "data.motion_bucket_id": Int(0),
     # ---- autoencoder ----
-    "autoencoder.kind": Choice(("pixel", "svd")), "autoencoder.checkpoint": Text(), "autoencoder.pixel_factor": POSITIVE,
+    "autoencoder.kind": Choice(("pixel", "svd")), "autoencoder.checkpoint": Text(), "autoencoder.pixel_factor": POSITIVE, "autoencoder.pixel_scaling_factor": Float(0, min_open=True),
     "autoencoder.clip_hidden_size": POSITIVE, "autoencoder.clip_layers": POSITIVE, "autoencoder.clip_heads": POSITIVE,
     "autoencoder.clip_patch_size": Int(1, 224),  # the stand-in CLIP sees 224×224 images
     "autoencoder.clip_seed": SEED,

@@ -4,7 +4,8 @@ The demo and the tests train on a machine that cannot download SVD's VAE, so the
 works on exactly invertible pixel blocks: a frame (H, W, 3) becomes latents (H/f, W/f, 3·f²) and back.
 It has the VAE's interface (`encode_mode`, `encode_moments`, `decode`, `config.scaling_factor`,
 `config.downsampling_factor`), so the data encoder, the trainer and the samplers use it unchanged, and
-a real run swaps in the SVD VAE by configuration. Values stay in [−1, 1]; scaling_factor is 1.
+a real run swaps in the SVD VAE by configuration. Values stay in [−1, 1]; the data encoder multiplies them by
+`scaling_factor` (autoencoder.pixel_scaling_factor, default 1) as it does SVD's latents.
 """
 from __future__ import annotations
 

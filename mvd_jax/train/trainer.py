@@ -70,7 +70,7 @@ def build_autoencoder(cfg):
     clip = CLIPVisionConfig(hidden_size=a.clip_hidden_size, intermediate_size=2 * a.clip_hidden_size,
                             projection_dim=unet_config(cfg).cross_attention_dim, num_hidden_layers=a.clip_layers,
                             num_attention_heads=a.clip_heads, image_size=224, patch_size=a.clip_patch_size)
-    return (PixelAutoencoder(PixelAutoencoderConfig(factor=a.pixel_factor)),
+    return (PixelAutoencoder(PixelAutoencoderConfig(factor=a.pixel_factor, scaling_factor=a.pixel_scaling_factor)),
             CLIPVisionModelWithProjection(clip, rngs=nnx.Rngs(a.clip_seed)))
 
 
