@@ -224,7 +224,10 @@ def smallest_table(results: list) -> str:
                 if fit is None:
                     tried = [t for t in topologies if compiled(results, row, t, per_chip)]
                     basis = _ruled_out(results, row, gen, per_chip)
-                    if tried:
+                    pending = _pending(results, row, gen, per_chip)
+                    if tried and pending:
+                        cells.append(f"search not finished (compiled {', '.join(tried)}: no fit; next {pending})")
+                    elif tried:
                         cells.append(f"no fit on any slice (compiled {', '.join(tried)}; larger ones predicted over HBM)")
                     elif basis:
                         cells.append(f"no fit on any slice (every slice predicted over HBM from the compiled {basis})")
@@ -236,6 +239,17 @@ def smallest_table(results: list) -> str:
             if any(c != "not compiled yet" for c in cells):
                 lines.append(f"| {row} | {per_chip} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _pending(results: list, row: str, generation: str, per_chip: int) -> str | None:
+    """The smallest slice of `generation` the search would still compile for (row, clips per chip) — neither
+    compiled nor skipped by its rule — or None when the search is over."""
+    plan = next((r for r in results if r["row"] == row and r.get("planned_only")), None)
+    if plan is None:
+        return None
+    state = plan["argument_bytes"] * plan["devices"]
+    return next((t for t in CANDIDATES[generation] if compiled(results, row, t, per_chip) is None
+                 and skip(results, row, t, per_chip, state) is None), None)
 
 
 def _ruled_out(results: list, row: str, generation: str, per_chip: int) -> str | None:
