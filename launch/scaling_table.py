@@ -234,7 +234,7 @@ def smallest_table(results: list) -> str:
                     else:
                         cells.append("not compiled yet")
                 else:
-                    cells.append(f"{fit['topology']} ({fit['devices']} chips): {fit['total_bytes'] / GIB:.1f} of "
+                    cells.append(f"{fit['topology']} ({fit['devices']} chip{'s' if fit['devices'] > 1 else ''}): {fit['total_bytes'] / GIB:.1f} of "
                                  f"{fit['hbm_bytes'] / GIB:.0f} GiB, {fit['predicted_step_s']:.2f} s/step")
             if any(c != "not compiled yet" for c in cells):
                 lines.append(f"| {row} | {per_chip} | " + " | ".join(cells) + " |")
