@@ -11,9 +11,9 @@ compile of the real train step on this CPU host (python -m mvd_jax.train_compile
 Setting of every cell: all parameters trained (AdamW + EMA, float32 state; the adversarial row adds the
 discriminator's heads and its frozen UNet-encoder copy), `train.remat=True`, `train.dtype=bfloat16`,
 `train.attention=auto` (on TPU: the Pallas flash kernel for the spatial self-attention, XLA's form for the
-rest; models/attention_kernel.py), XLA:TPU's windowed einsum off (`train.tpu_collective_matmul=False`, the default:
-its buffers grow with the FSDP width; train/sharding.py), FSDP over every chip (`mesh.data=1, mesh.fsdp=chips`), B clips of 14
-frames per chip (global batch = B × chips), the config's resolution.
+rest; models/attention_kernel.py), XLA:TPU's windowed einsum off (`train.tpu_collective_matmul=False`, the
+default: its buffers grow with the FSDP width; train/sharding.py), FSDP over every chip (`mesh.data=1,
+mesh.fsdp=chips`), B clips of 14 frames per chip (global batch = B × chips), the config's resolution.
 
 The search for one (row, generation, B). Compiles are expensive here (an SVD-size step: tens of minutes and
 up to ~20 GB of host RAM, one at a time), so no compile is spent where arithmetic already decides:
@@ -158,16 +158,23 @@ def at_least(results: list, row: str, topology: str, per_chip: int, state_bytes:
     return max(((g, b) for g, b in floors if g is not None), key=lambda gb: gb[0], default=(None, None))
 
 
-def state_bytes_of(row: str) -> float:
-    """The whole train state in bytes (parameters, EMA, Adam's moments, frozen weights), from a --plan_only
-    sizing (seconds, no compile), cached in the results file."""
-    results = load()
+def recorded_state_bytes(results: list, row: str) -> float | None:
+    """The whole train state in bytes (parameters, EMA, Adam's moments, frozen weights) from the row's
+    --plan_only sizing in `results`, or None when there is none yet. The batch's share of the arguments is
+    small and counted as state here (pessimistic for larger slices)."""
     plan = next((r for r in results if r["row"] == row and r.get("planned_only")), None)
-    if plan is None:
+    return None if plan is None else plan["argument_bytes"] * plan["devices"]
+
+
+def state_bytes_of(row: str) -> float:
+    """`recorded_state_bytes`, sized first (--plan_only: seconds, no compile) and cached in the results file
+    when the row has no sizing yet."""
+    state = recorded_state_bytes(load(), row)
+    if state is None:
         plan = compile_cell(row, CANDIDATES["v5p"][0], 1, plan_only=True)
         save(plan)
-    # the batch's share of the arguments is small and counted as state here (pessimistic for larger slices)
-    return plan["argument_bytes"] * plan["devices"]
+        state = recorded_state_bytes([plan], row)
+    return state
 
 
 def skip(results: list, row: str, topology: str, per_chip: int, state_bytes: float):
@@ -192,9 +199,10 @@ def search(row: str, generation: str, per_chip: int, fast: bool) -> dict | None:
         if done is None:
             why = skip(results, row, topology, per_chip, state)
             if why is not None:
-                if why[0] == "predicted":
-                    print(f"skip {row} {topology} ×{per_chip}: predicted {why[1] / GIB:.2f} GiB per chip > "
-                          f"{_hbm(topology) / GIB:.4g} GiB from the compiled {why[2]['topology']} ×{why[2]['per_chip']}",
+                reason, guess, basis = why
+                if reason == "predicted":
+                    print(f"skip {row} {topology} ×{per_chip}: predicted {guess / GIB:.2f} GiB per chip > "
+                          f"{_hbm(topology) / GIB:.4g} GiB from the compiled {basis['topology']} ×{basis['per_chip']}",
                           flush=True)
                 continue
             done = compile_cell(row, topology, per_chip, fast)
@@ -234,7 +242,8 @@ def smallest_table(results: list) -> str:
                     else:
                         cells.append("not compiled yet")
                 else:
-                    cells.append(f"{fit['topology']} ({fit['devices']} chip{'s' if fit['devices'] > 1 else ''}): {fit['total_bytes'] / GIB:.1f} of "
+                    chips = f"{fit['devices']} chip{'s' if fit['devices'] > 1 else ''}"
+                    cells.append(f"{fit['topology']} ({chips}): {fit['total_bytes'] / GIB:.1f} of "
                                  f"{fit['hbm_bytes'] / GIB:.0f} GiB, {fit['predicted_step_s']:.2f} s/step")
             if any(c != "not compiled yet" for c in cells):
                 lines.append(f"| {row} | {per_chip} | " + " | ".join(cells) + " |")
@@ -244,10 +253,9 @@ def smallest_table(results: list) -> str:
 def _pending(results: list, row: str, generation: str, per_chip: int) -> str | None:
     """The smallest slice of `generation` the search would still compile for (row, clips per chip) — neither
     compiled nor skipped by its rule — or None when the search is over."""
-    plan = next((r for r in results if r["row"] == row and r.get("planned_only")), None)
-    if plan is None:
+    state = recorded_state_bytes(results, row)
+    if state is None:
         return None
-    state = plan["argument_bytes"] * plan["devices"]
     return next((t for t in CANDIDATES[generation] if compiled(results, row, t, per_chip) is None
                  and skip(results, row, t, per_chip, state) is None), None)
 
@@ -255,10 +263,9 @@ def _pending(results: list, row: str, generation: str, per_chip: int) -> str | N
 def _ruled_out(results: list, row: str, generation: str, per_chip: int) -> str | None:
     """The compiled cell (as "TOPOLOGY ×B") from which every slice of `generation` is predicted over HBM by the
     search's own rule (`skip`), so such a generation gets no compile at all — else None."""
-    plan = next((r for r in results if r["row"] == row and r.get("planned_only")), None)
-    if plan is None:
+    state = recorded_state_bytes(results, row)
+    if state is None:
         return None
-    state = plan["argument_bytes"] * plan["devices"]
     basis = None
     for topology in CANDIDATES[generation]:
         why = skip(results, row, topology, per_chip, state)
