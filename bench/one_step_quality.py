@@ -186,7 +186,8 @@ def main():
         fvds = [fvd_from_stats(real_stats, extractor.stats(doubled(s))) for s in per_seed]
         phase = cfg.train.get("phase", "diffusion")  # runs from before the adversarial phase existed
         sheet_rows.append(per_seed[0])
-        entry = {"phase": phase, "step": int(step), "sampling_steps": args.steps, "one_step_fvd": float(np.mean(fvds)),
+        entry = {"phase": phase, "step": int(step), "sampling_steps": args.steps,
+                 "one_step_fvd": float(np.mean(fvds)),
                  **scores(per_seed, real, real_pixels)}
         spread = ""
         if len(fvds) > 1:
@@ -196,7 +197,8 @@ def main():
             spread = (f" ± {entry['one_step_fvd_std']:.1f} over {len(fvds)} noise draws "
                       f"(pooled {entry['one_step_fvd_pooled']:.1f})")
         results["runs"][run] = entry
-        print(f"{run} ({phase}, step {step}): {args.steps}-step FVD vs real {entry['one_step_fvd']:.1f}{spread}; {describe(entry)}")
+        print(f"{run} ({phase}, step {step}): {args.steps}-step FVD vs real {entry['one_step_fvd']:.1f}{spread}; "
+              f"{describe(entry)}")
     if args.sheet:
         contact_sheet(sheet_rows, args.sheet)
     if args.out:

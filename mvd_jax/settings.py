@@ -366,7 +366,8 @@ RULES: dict[str, Rule] = {
     "data.videos": Text(), "data.cache": Text(), "data.fps": Float(min=0), "data.crop": Choice(("random", "center")),
     "data.workers": Int(0), "data.motion_bucket_id": Int(0),
     # ---- autoencoder ----
-    "autoencoder.kind": Choice(("pixel", "svd")), "autoencoder.checkpoint": Text(), "autoencoder.pixel_factor": POSITIVE, "autoencoder.pixel_scaling_factor": Float(0, min_open=True),
+    "autoencoder.kind": Choice(("pixel", "svd")), "autoencoder.checkpoint": Text(), "autoencoder.pixel_factor": POSITIVE,
+    "autoencoder.pixel_scaling_factor": Float(0, min_open=True),
     "autoencoder.clip_hidden_size": POSITIVE, "autoencoder.clip_layers": POSITIVE, "autoencoder.clip_heads": POSITIVE,
     "autoencoder.clip_patch_size": Int(1, 224),  # the stand-in CLIP sees 224×224 images
     "autoencoder.clip_seed": SEED,
@@ -378,7 +379,8 @@ RULES: dict[str, Rule] = {
     "train.trainable": NameOrPattern(TRAINABLE_GROUPS), "train.gate_keep": Int(0), "train.gate_keep_start": Int(0),
     "train.gate_anneal_steps": Int(0), "train.l1_weight": Float(min=0), "train.grad_accum": POSITIVE,
     "train.nan_policy": Choice(("stop", "skip")), "train.dtype": Choice(("float32", "bfloat16")),
-    "train.remat": Flag(), "train.tpu_collective_matmul": Flag(), "train.attention": Choice(IMPLEMENTATIONS), "train.log_every": POSITIVE,
+    "train.remat": Flag(), "train.tpu_collective_matmul": Flag(), "train.attention": Choice(IMPLEMENTATIONS),
+    "train.log_every": POSITIVE,
     "train.checkpoint_every": POSITIVE, "train.keep_checkpoints": POSITIVE, "train.sample_every": Int(0),
     "train.sample_at_end": Flag(), "train.sample_steps": POSITIVE,
     # ---- adversarial ----

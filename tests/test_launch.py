@@ -185,7 +185,8 @@ def test_scaling_table_search_compiles_only_where_arithmetic_does_not_decide(tmp
     # a search cut short after a compile that does not fit: the table says so and names the next slice
     st.save(fake_compile("svd_512x256", "v5e:1x1", 1, plan_only=True))
     st.save(fake_compile("svd_512x256", "v5e:2x2", 1))
-    assert "| svd_512x256 | 1 | search not finished (compiled v5e:2x2: no fit; next v5e:2x4) |" in st.smallest_table(st.load())
+    unfinished = "| svd_512x256 | 1 | search not finished (compiled v5e:2x2: no fit; next v5e:2x4) |"
+    assert unfinished in st.smallest_table(st.load())
     st.RESULTS.unlink()
     calls.clear()
     # one clip (v5e: 16 GiB): 1x1 holds 40 GiB of state (never compiled); 2x2 compiled, 12.5 + 7 > 16; 2x4 fits

@@ -209,3 +209,37 @@ def test_bad_settings_fail_clearly(tmp_path):
     bad.mesh.data = 3
     with pytest.raises(UserError, match="mesh"):
         train(bad, tmp_path / "b")
+
+
+def test_pixel_scaling_factor_scales_the_latents_only():
+    """autoencoder.pixel_scaling_factor multiplies the diffusion latents as SVD's VAE scaling factor does; the
+    conditioning latent stays unscaled (SVD's convention), and latents / factor decode back to the video."""
+    import jax
+    import jax.numpy as jnp
+
+    from mvd_jax.data.encode import encode_clips
+    from mvd_jax.settings import load_config, resolve
+    from mvd_jax.train.trainer import build_autoencoder
+
+    video = jax.random.uniform(jax.random.key(0), (2, 3, 32, 64, 3), minval=-1.0, maxval=1.0)
+    args = (video, jnp.array([7.0, 7.0]), jnp.array([127, 127]), jnp.array([0.02, 0.02]),
+            jax.random.split(jax.random.key(1), 2))
+    encoded = {}
+    for factor in (1.0, 2.0):
+        cfg = load_config(str(ROOT / "configs" / "demo.py") + ":micro")
+        cfg.autoencoder.pixel_scaling_factor = factor
+        autoencoder, image_encoder = build_autoencoder(resolve(cfg))
+        encoded[factor] = encode_clips(autoencoder, image_encoder, *args)
+        z = encoded[factor]["latents"][0] / autoencoder.config.scaling_factor
+        np.testing.assert_allclose(np.asarray(autoencoder.decode(z, 3)), np.asarray(video[0]), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(encoded[2.0]["latents"]), 2 * np.asarray(encoded[1.0]["latents"]))
+    np.testing.assert_array_equal(np.asarray(encoded[2.0]["cond_latent"]), np.asarray(encoded[1.0]["cond_latent"]))
+
+
+def test_ema_decay_warms_up_like_diffusers_ema_model():
+    from mvd_jax.train.model_state import ema_decay_at
+
+    # diffusers' EMAModel: min(decay, (1 + n) / (10 + n)) at update n; without warm-up the decay itself
+    for n, expected in ((0, 0.1), (8, 0.5), (90, 0.91), (10_000, 0.99)):
+        assert float(ema_decay_at(0.99, n)) == pytest.approx(expected, rel=1e-6)
+    assert float(ema_decay_at(0.99, 0, warmup=False)) == pytest.approx(0.99, rel=1e-6)

@@ -145,8 +145,13 @@ def test_tpu_memory_grows_when_fsdp_shrinks_and_the_knob_is_named(v5e_fsdp4, tmp
     # the same step, data-parallel only, against a chip the size of the FSDP plan: it no longer fits
     # (with attention forced to XLA's form: the compiled program then holds no Pallas kernel)
     proc, data4 = _tpu_cli(tmp_path, "data4", "--config.mesh.data=4", "--config.mesh.fsdp=1",
-                           f"--hbm_gib={fsdp4['total_bytes'] / GIB}", "--config.train.attention=xla")
+                           f"--hbm_gib={fsdp4['total_bytes'] / GIB}", "--config.train.attention=xla",
+                           "--config.train.tpu_collective_matmul=True")
     assert proc.returncode == 3, proc.stderr[-3000:]
+    # collective matmul turned on: the TPU compile gets no options, XLA's default (data parallelism has no FSDP
+    # all-gathers for it to window, so the plan is the same), and the knob to turn it off is named
+    assert data4["compiler_options"] == {} and data4["tpu_collective_matmul"]
+    assert "--config.train.tpu_collective_matmul=False" in proc.stdout
     assert {a["form"] for a in data4["attention"]} == {"xla"} and data4["pallas_kernel_calls"] == 0
     # the same global batch: the same FLOPs in the paper's convention, attention's products included although
     # the FSDP-4 step runs them inside the Pallas kernel (counted on the step's XLA-form twin)
