@@ -182,6 +182,38 @@ def test_manifests_csv_and_jsonl(tmp_path):
         read_entries(tmp_path / "missing")
 
 
+def test_time_windows_keep_clips_inside_and_the_demo_split_is_disjoint(tmp_path):
+    """`start`/`end` (seconds) in a manifest bound every clip's source frames; demo:train and demo:heldout
+    are the first 70 % and last 30 % of each video, so no clip of one shares a frame with the other."""
+    videos = copy_demo(tmp_path / "v")
+    bikes = next(v for v in videos if v.name == "bikes.mp4")  # 250 frames at 25 fps
+    (tmp_path / "m.csv").write_text(f"path,start,end\n{bikes},2.0,4.0\n")
+    entry = read_entries(tmp_path / "m.csv")[0]
+    assert (entry.start, entry.end) == (2.0, 4.0)
+    spec = ClipSpec(num_frames=8, height=32, width=64, fps=7)  # spans 26 source frames
+    starts = [int(load_clip(entry, spec, np.random.default_rng(i))["start"]) for i in range(16)]
+    assert min(starts) >= 50 and max(starts) + 26 <= 100 and len(set(starts)) > 3
+    (tmp_path / "short.csv").write_text(f"path,start,end\n{bikes},2.0,2.5\n")  # 12 frames: too short
+    with pytest.raises(Exception, match="too short"):
+        load_clip(read_entries(tmp_path / "short.csv")[0], spec, None)
+    for text in (f"path,start,end\n{bikes},3,2\n", f"path,start\n{bikes},-1\n"):
+        (tmp_path / "bad.csv").write_text(text)
+        with pytest.raises(UserError, match="window"):
+            read_entries(tmp_path / "bad.csv")
+
+    spec = ClipSpec(num_frames=8, height=32, width=64, fps=7, crop="center")
+    train, heldout = read_entries("demo:train"), read_entries("demo:heldout")
+    assert [e.path for e in train] == [e.path for e in heldout] == [e.path for e in demo_entries()]
+    for a, b in zip(train, heldout):
+        assert a.start == 0 and a.end == b.start and b.end is None
+        frames_a = {int(load_clip(a, spec, np.random.default_rng(i))["start"]) for i in range(6)}
+        frames_b = {int(load_clip(b, spec, np.random.default_rng(i))["start"]) for i in range(6)}
+        span = int(round(7 * (load_clip(a, spec, None)["source_fps"] / 7))) + 1
+        assert max(frames_a) + span <= min(frames_b), a.path
+    with pytest.raises(UserError, match="demo:heldout"):
+        read_entries("demo:test")
+
+
 @pytest.mark.parametrize("read_ahead", [None, 0])
 def test_read_ahead_is_bounded(monkeypatch, read_ahead):
     """The loader decodes at most `read_ahead` clips (default: two batches) beyond what was consumed.

@@ -89,8 +89,11 @@ def load_clip(entry: VideoEntry, spec: ClipSpec, rng: np.random.Generator | None
     Raises VideoReadError for any unusable file (the caller skips and counts it)."""
     info = probe(entry.path)
     source_fps = entry.fps or info.fps
+    # the entry's window [start, end) seconds → source frames first … last − 1
+    first = min(int(np.ceil(entry.start * source_fps - 1e-6)), info.num_frames)
+    last = info.num_frames if entry.end is None else min(int(np.ceil(entry.end * source_fps - 1e-6)), info.num_frames)
     try:
-        idx = frame_indices(info.num_frames, source_fps, spec, rng)
+        idx = first + frame_indices(max(last - first, 0), source_fps, spec, rng)
     except ValueError as e:
         raise VideoReadError(entry.path, str(e)) from None
     frames = resize_and_crop(read_frames(entry.path, idx), spec.height, spec.width, spec.crop, rng)
