@@ -8,6 +8,7 @@ offending parameter with both shapes. Nothing is skipped or zero-filled.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from mvd_jax.convert.sgm_names import SGM_PREFIX, diffusers_to_sgm
 from mvd_jax.convert.strict import folder_weights, read_json_object, refuse_pickle, save_module
 from mvd_jax.errors import UserError
 from mvd_jax.models.unet import SpatioTemporalUNet
-from mvd_jax.models.unet_config import UNetConfig
+from mvd_jax.models.unet_config import MOBILEVD_KEYS, UNetConfig
 from mvd_jax.models.unet_tensors import (  # noqa: F401  (abstract_unet re-exported: the converter's public API)
     abstract_unet,
     expected_parameters,
@@ -105,7 +106,14 @@ def load_unet(path, config=None, *, dtype=jnp.float32) -> SpatioTemporalUNet:
     return unet_from_tensors(tensors, cfg, source=str(path), dtype=dtype)
 
 
-def save_unet_diffusers(model: SpatioTemporalUNet, out_dir) -> Path:
-    """Writes `config.json` + `diffusion_pytorch_model.safetensors` that diffusers' from_pretrained loads."""
-    config = {"_class_name": DIFFUSERS_CLASS, **model.config.to_diffusers_dict()}
-    return save_module(model, out_dir, WEIGHTS_NAME, config)
+def save_unet_diffusers(model: SpatioTemporalUNet, out_dir, *, float16: bool = False,
+                        mobilevd_keys: bool = False) -> Path:
+    """Writes `config.json` + `diffusion_pytorch_model.safetensors` (float16: `….fp16.safetensors`, diffusers'
+    fp16 variant) that diffusers' from_pretrained loads. A UNet with MobileVD structure diffusers cannot
+    represent (temporal multiscaling, pruning, funnels) is refused unless `mobilevd_keys`: then config.json
+    also holds those keys — this package's loaders rebuild the same network from it; diffusers would warn
+    about the unknown keys and compute a different one."""
+    extra = {k: v for k, v in model.config.to_dict().items() if k in MOBILEVD_KEYS} if mobilevd_keys else {}
+    base = dataclasses.replace(model.config, **{k: getattr(UNetConfig, k) for k in extra})
+    config = {"_class_name": DIFFUSERS_CLASS, **base.to_diffusers_dict(), **extra}
+    return save_module(model, out_dir, WEIGHTS_NAME, config, float16=float16)

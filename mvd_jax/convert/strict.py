@@ -76,14 +76,20 @@ def read_json_object(path: Path, expected_class: str | None = None) -> dict:
     return d
 
 
-def save_module(model, folder, weights_name: str, config: dict) -> Path:
+def save_module(model, folder, weights_name: str, config: dict, *, float16: bool = False) -> Path:
     """Writes `config` as config.json and the model's parameters (torch names and layouts) as `weights_name`,
-    the folder diffusers'/transformers' from_pretrained reads. The weights go to a temporary name first and
-    are renamed into place, so a crash never leaves a half-written file under the real name."""
+    the folder diffusers'/transformers' from_pretrained reads; `float16`: half the bytes, under diffusers'
+    fp16-variant name (x.fp16.safetensors, which from_pretrained(variant="fp16") and `folder_weights` read).
+    The weights go to a temporary name first and are renamed into place, so a crash never leaves a
+    half-written file under the real name."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    tensors = module_to_tensors(model)
+    if float16:
+        weights_name = weights_name.replace(".safetensors", ".fp16.safetensors")
+        tensors = {k: v.astype(np.float16) for k, v in tensors.items()}
     tmp = folder / (weights_name + ".tmp")
-    write_safetensors(tmp, module_to_tensors(model), metadata={"format": "pt"})
+    write_safetensors(tmp, tensors, metadata={"format": "pt"})
     os.replace(tmp, folder / weights_name)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return folder
