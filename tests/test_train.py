@@ -243,3 +243,50 @@ def test_ema_decay_warms_up_like_diffusers_ema_model():
     for n, expected in ((0, 0.1), (8, 0.5), (90, 0.91), (10_000, 0.99)):
         assert float(ema_decay_at(0.99, n)) == pytest.approx(expected, rel=1e-6)
     assert float(ema_decay_at(0.99, 0, warmup=False)) == pytest.approx(0.99, rel=1e-6)
+
+
+def test_a_run_exports_as_a_float16_unet_folder_that_init_from_reads(uninterrupted, tmp_path):
+    """`python -m mvd_jax.convert RUN --out DIR --float16` (how configs/demo_unet/ was made): the run's EMA
+    UNet in diffusers' fp16-variant file, its MobileVD keys kept in config.json, and `init_from` that folder
+    gives back exactly those weights rounded to float16."""
+    import jax
+    from flax import nnx
+
+    from mvd_jax.convert.__main__ import main as convert_main
+    from mvd_jax.train.model_state import init_unet_from_svd
+    from mvd_jax.train.stages import read_run_unet
+
+    convert_main([str(uninterrupted), "--out", str(tmp_path / "unet"), "--float16"])
+    config = json.loads((tmp_path / "unet" / "config.json").read_text())
+    assert config["collapse_cross_attention"] is True  # micro collapses: diffusers has no such key
+    assert (tmp_path / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    ema, _, _ = read_run_unet(uninterrupted)
+    loaded = init_unet_from_svd(tmp_path / "unet", ema.config)
+    a, b = nnx.state(ema, nnx.Param), nnx.state(loaded, nnx.Param)
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x, np.float16).astype(np.float32), y), a, b)
+
+
+def test_demo_report_writes_the_sheet_and_scores_against_the_still_frame(uninterrupted, tmp_path):
+    """The main job's last step (eval/demo_report.py) on a micro run: sheet geometry, metrics and checks."""
+    from PIL import Image
+
+    from mvd_jax.eval import demo_report
+
+    results = demo_report.report(uninterrupted, uninterrupted, tmp_path / "report", clips=2, sheet_clips=2)
+    assert results["held_out"] is False and results["videos"] == "demo"  # micro trains on whole videos
+    assert demo_report.held_out_source("demo:train") == ("demo:heldout", True)
+    still = results["first frame held still"]
+    assert still["motion_ratio"] == 0.0 and 0.5 < still["sharpness_ratio"] < 1.5
+    for name, steps in (("4-step sample", 4), ("1-step sample", 1)):
+        entry = results["samples"][name]
+        assert entry["sampling_steps"] == steps and np.isfinite(entry["psnr_to_real_db"])
+        assert entry["passes"] == demo_report.check(entry, still)
+    on_disk = json.loads((tmp_path / "report" / "quality.json").read_text())
+    assert on_disk["samples"].keys() == results["samples"].keys()
+    # per clip a band of 3 videos × 32 rows, 2 white rows between bands; 4 frames of 64 columns
+    assert Image.open(tmp_path / "report" / "contact_sheet.png").size == (4 * 64, 2 * 3 * 32 + 2)
+    assert "training clips" in demo_report.table(results)
+    passing = {"psnr_to_real_db": still["psnr_to_real_db"] - 0.5, "sharpness_ratio": 1.0, "motion_ratio": 0.5}
+    assert demo_report.check(passing, still) == {"psnr": True, "sharpness": True, "motion": True}
+    assert demo_report.check({**passing, "sharpness_ratio": 3.0, "motion_ratio": 0.1}, still) == {
+        "psnr": True, "sharpness": False, "motion": False}
