@@ -36,9 +36,17 @@ from mvd_jax.settings import resolve
 PRETRAIN_STEPS = 1200
 
 
+ARGS = ("demo", "tiny", "micro", "adversarial", "pretrain", "tiny_decoder", "tiny_decoder_micro", "vae", "vae_micro")
+DEMO_VAE = Path(__file__).resolve().parent / "demo_vae"  # the demo VAE (configs/demo.py:vae, converted)
+
+
 def get_config(arg: str = "demo"):
-    if arg not in ("demo", "tiny", "micro", "adversarial", "pretrain"):
-        raise ValueError(f"configs/demo.py takes 'tiny', 'micro', 'adversarial' or 'pretrain', not {arg!r}")
+    if arg not in ARGS:
+        raise ValueError(f"configs/demo.py takes one of {ARGS}, not {arg!r}")
+    if arg.startswith("tiny_decoder"):
+        return tiny_decoder(micro=arg.endswith("micro"))
+    if arg.startswith("vae"):
+        return demo_vae(micro=arg.endswith("micro"))
     adversarial = arg == "adversarial"
     pretrain = arg == "pretrain"
     micro = arg == "micro"  # one level: the cheapest model with every block kind, for the trainer's tests
@@ -95,3 +103,52 @@ def get_config(arg: str = "demo"):
                              discriminator=dict(head_channels=64, cond_dim=64, norm_groups=16))
         c.optimizer.update(warmup_steps=5, ema_decay=0.9)
     return resolve(c)  # every training key present, so any of them can be overridden on the command line
+
+
+def _autoencoder_demo(micro: bool):
+    """What the autoencoder demos share: clip size, data and a VAE of SVD's structure (4 levels, 2 res-blocks
+    each, mid attention, temporal decoder; factor 8, 4 latent channels) at small widths."""
+    c = get_config("micro" if micro else "demo")
+    c.init_from = ""
+    c.frames, c.height, c.width = (3, 32, 48) if micro else (6, 64, 128)
+    c.data.videos = "demo" if micro else "demo:train"
+    c.autoencoder.update(kind="random_vae", vae_block_out_channels=(32, 32, 32, 32) if micro else (32, 32, 64, 64),
+                         vae_layers_per_block=1 if micro else 2)
+    c.train.update(batch_size=2, sample_at_end=True)
+    return c
+
+
+def demo_vae(micro: bool = False):
+    """The demo's VAE (train.phase autoencoder, train/vae_train.py): SVD's VAE cannot be downloaded here, so the
+    tiny decoder's demo distils this one, trained from random weights on the bundled clips' training part and
+    committed in configs/demo_vae/ (float16):
+
+        python -m mvd_jax.train --config=configs/demo.py:vae --workdir=runs/demo_vae
+        python -m mvd_jax.convert runs/demo_vae --out configs/demo_vae --float16
+    """
+    c = _autoencoder_demo(micro)
+    c.name = "demo_vae"
+    c.train.update(phase="autoencoder", steps=4 if micro else DEMO_VAE_STEPS, log_every=2 if micro else 50,
+                   checkpoint_every=2 if micro else 200)
+    c.optimizer.update(learning_rate=1e-3, warmup_steps=2 if micro else 50, ema_decay=0.99 if micro else 0.999)
+    return resolve(c)
+
+
+DEMO_VAE_STEPS = 400  # the step configs/demo_vae/ was taken at (≈ 17 min on 2 cores)
+
+
+def tiny_decoder(micro: bool = False):
+    """The tiny decoder's distillation at demo scale (configs/stages/tiny_decoder.py is the real one): the teacher
+    is the demo VAE (configs/demo_vae/; `micro`, the tests' size: a random VAE of the same structure), on the
+    bundled clips' training part; the student is TAESD's layout at width 32, one block per stage, with temporal
+    mixing."""
+    c = _autoencoder_demo(micro)
+    c.name = "demo_tiny_decoder"
+    if not micro:
+        c.autoencoder.update(kind="vae", checkpoint=str(DEMO_VAE))
+    c.train.update(phase="decoder_distill", steps=8 if micro else 400, log_every=1 if micro else 25,
+                   checkpoint_every=4 if micro else 100)
+    c.tiny_autoencoder.update(width=8 if micro else 32, encoder_blocks=(1, 1, 1, 1), decoder_blocks=(1, 1, 1, 1),
+                              temporal_mixing=True, encoder_weight=1.0)
+    c.optimizer.update(learning_rate=5e-3 if micro else 2e-3, warmup_steps=2 if micro else 20, ema_decay=0.99)
+    return resolve(c)

@@ -2,7 +2,8 @@
 optionally run and profiled on a phone through Qualcomm AI Hub.
 
     python -m export.tflite --run RUN_DIR --out DIR [--precision fp32,fp16]
-        [--components unet,vae_decoder,vae_encoder,clip] [--frames T --height H --width W]
+        [--components unet,vae_decoder,vae_encoder,clip,vae_decoder_tiny] [--decoder tiny:RUN_OR_FOLDER]
+        [--frames T --height H --width W]
         [--decode-chunk N] [--no-real-inputs] [--ai-hub-device "Samsung Galaxy S24"]
     python -m export.tflite --unet RUN_DIR|UNET_DIR [--checkpoint SVD_DIR] --out DIR --frames 14 --height 512 --width 256
 
@@ -10,6 +11,9 @@ Sources. `--run`: a trainer run directory — its latest checkpoint's EMA UNet, 
 names (SVD's from autoencoder.checkpoint, or the demo's pixel autoencoder and fixed random CLIP); sizes
 default to the run's frames/height/width. `--unet`: a run directory or a diffusers unet folder, for the
 UNet only; `--checkpoint`: an SVD pipeline folder for the VAE and CLIP (and the UNet when no --unet).
+`--decoder tiny:X`: the tiny autoencoder (a decoder_distill run directory or an AutoencoderTiny folder) for the
+component vae_decoder_tiny, the phone's cheaper replacement of vae_decoder; a decoder run alone also supplies
+the sizes and the real clip (its teacher encodes it).
 
 The UNet is exported in inference form: funnels merged into the weights, temporal blocks pruned by the
 config (never built) or by the run's learned gates (removed), the single EDM step folded in
@@ -39,7 +43,7 @@ from mvd_jax import settings
 from mvd_jax.errors import ArgumentParser, UserError, cli_main
 
 COMPONENT_NAMES = {"unet": "unet_step", "vae_decoder": "vae_decoder", "vae_encoder": "vae_encoder",
-                   "clip": "clip_image_encoder"}
+                   "clip": "clip_image_encoder", "vae_decoder_tiny": "vae_decoder_tiny"}
 
 
 def _csv(value: str, allowed, what: str) -> list[str]:  # bench/litert_vs_jax.py parses its options with it
@@ -55,6 +59,7 @@ class Sources:
     unet: object = None
     vae: object = None
     clip: object = None
+    tiny: object = None  # the tiny autoencoder (vae_decoder_tiny)
     run_config: object = None  # the run's resolved config, when the UNet comes from a run directory
     gate_keep: int | None = None
 
@@ -64,7 +69,8 @@ def load_sources(args, components) -> Sources:
     from mvd_jax.train.stages import is_run_dir, read_run_unet
 
     s = Sources()
-    run = args.run or (args.unet if args.unet and is_run_dir(args.unet) else None)
+    tiny_run = _tiny_source(args.decoder)[1] if args.decoder else None
+    run = args.run or (args.unet if args.unet and is_run_dir(args.unet) else None) or tiny_run
     if args.run and not is_run_dir(args.run):
         raise UserError(f"--run {args.run} is not a trainer run directory (no checkpoints/config.json)")
     checkpoint = None
@@ -106,7 +112,45 @@ def load_sources(args, components) -> Sources:
             s.unet = load_unet(checkpoint / "unet")
         else:
             raise UserError("exporting the UNet needs --run, --unet or --checkpoint")
+    if "vae_decoder_tiny" in components:
+        if not args.decoder:
+            raise UserError("exporting vae_decoder_tiny needs --decoder tiny:RUN_DIR_OR_FOLDER")
+        s.tiny = _load_tiny(args.decoder)
+        teacher = s.vae
+        if teacher is None and s.run_config is not None:
+            from mvd_jax.train.trainer import build_autoencoder
+
+            teacher = build_autoencoder(s.run_config)[0]
+        if teacher is not None:
+            from mvd_jax.train.decoder_distill import check_matches_teacher
+
+            check_matches_teacher(s.tiny.config, teacher.config, f"--decoder {args.decoder}")
     return s
+
+
+def _tiny_source(spec: str) -> tuple[str, str | None]:
+    """(where, the run directory if it is one) of --decoder tiny:X."""
+    from mvd_jax.train.stages import is_run_dir
+
+    kind, _, where = spec.partition(":")
+    if kind != "tiny" or not where:
+        raise UserError(f"--decoder takes 'tiny:RUN_DIR_OR_FOLDER', got {spec!r}")
+    if is_run_dir(where):
+        return where, where
+    if not (Path(where) / "config.json").is_file():
+        raise UserError(f"--decoder {spec}: {where} is neither a decoder run directory nor an AutoencoderTiny folder")
+    return where, None
+
+
+def _load_tiny(spec: str):
+    where, run = _tiny_source(spec)
+    if run:
+        from mvd_jax.train.decoder_distill import read_run_tiny_autoencoder
+
+        return read_run_tiny_autoencoder(run)[0]
+    from mvd_jax.convert.diffusers_tiny_autoencoder import load_tiny_autoencoder
+
+    return load_tiny_autoencoder(where)
 
 
 def geometry(args, s: Sources) -> dict:
@@ -117,8 +161,8 @@ def geometry(args, s: Sources) -> dict:
     width = args.width or (cfg.width if cfg is not None else None)
     if not (frames and height and width):
         raise UserError("give --frames, --height and --width (only a --run directory supplies them)")
-    if s.vae is not None:
-        factor = s.vae.config.downsampling_factor
+    if s.vae is not None or s.tiny is not None:
+        factor = (s.vae or s.tiny).config.downsampling_factor
     elif cfg is not None:  # the run's VAE, from its config file (latent_geometry)
         from mvd_jax.settings import latent_geometry
 
@@ -208,6 +252,9 @@ def build_functions(components, s: Sources, g: dict, sigma_max: float):
         elif c == "vae_decoder":
             yield F.vae_decoder(s.vae, frames=g["decode_chunk"], latent_height=g["latent_height"],
                                 latent_width=g["latent_width"])
+        elif c == "vae_decoder_tiny":
+            yield F.vae_decoder(s.tiny, frames=g["decode_chunk"], latent_height=g["latent_height"],
+                                latent_width=g["latent_width"], name="vae_decoder_tiny")
         elif c == "vae_encoder":
             yield F.vae_encoder(s.vae, height=g["height"], width=g["width"])
         elif c == "clip":
@@ -246,7 +293,9 @@ def parser() -> ArgumentParser:
     p.add_argument("--precision", type=settings.Subset(PRECISIONS), default="fp32,fp16",
                    help="comma-separated: fp32, fp16, int8 (default fp32,fp16)")
     p.add_argument("--components", type=settings.Subset(COMPONENTS), default=None,
-                   help="comma-separated: unet, vae_decoder, vae_encoder, clip (default: all the sources allow)")
+                   help="comma-separated: unet, vae_decoder, vae_encoder, clip, vae_decoder_tiny (default: all the "
+                        "sources allow)")
+    p.add_argument("--decoder", default=None, help="tiny:RUN_DIR_OR_FOLDER — the tiny autoencoder for vae_decoder_tiny")
     p.add_argument("--frames", type=settings.POSITIVE, default=None)
     p.add_argument("--height", type=settings.POSITIVE, default=None, help="video height in pixels")
     p.add_argument("--width", type=settings.POSITIVE, default=None, help="video width in pixels")
@@ -274,10 +323,13 @@ def main(argv=None) -> int:
     precisions = args.precision
     if args.components:
         components = args.components
+    elif not (args.run or args.unet or args.checkpoint) and args.decoder:
+        components = ["vae_decoder_tiny"]
     else:
         components = ["unet"] + (["vae_decoder", "vae_encoder", "clip"] if (args.run or args.checkpoint) else [])
-    if not (args.run or args.unet or args.checkpoint):
-        raise UserError("name the model: --run RUN_DIR, --unet UNET_DIR or --checkpoint SVD_DIR")
+        components += ["vae_decoder_tiny"] if args.decoder else []
+    if not (args.run or args.unet or args.checkpoint or args.decoder):
+        raise UserError("name the model: --run RUN_DIR, --unet UNET_DIR, --checkpoint SVD_DIR or --decoder tiny:X")
     out = Path(args.out)
 
     from mvd_jax.diffusion.edm import SIGMA_MAX

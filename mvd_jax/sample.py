@@ -2,11 +2,14 @@
 
     python -m mvd_jax.sample --checkpoint SVD_DIR --image in.png --out out.mp4 \\
         [--steps 25 | --steps 1] [--frames 14] [--height 576 --width 1024] [--fps 7] \\
-        [--motion_bucket_id 127] [--noise_aug_strength 0.02] [--seed 0] [--decode_chunk_size 8]
+        [--motion_bucket_id 127] [--noise_aug_strength 0.02] [--seed 0] [--decode_chunk_size 8] \\
+        [--decoder tiny:RUN_OR_FOLDER]
 
 SVD_DIR is a diffusers StableVideoDiffusionPipeline folder (unet/, vae/, image_encoder/). `--unet` takes
 the UNet from elsewhere: a trainer run directory (its latest checkpoint's EMA weights, e.g. an
-adversarial run sampled with --steps 1) or a diffusers unet folder; the VAE and CLIP stay SVD_DIR's. The output
+adversarial run sampled with --steps 1) or a diffusers unet folder; the VAE and CLIP stay SVD_DIR's.
+`--decoder tiny:X` decodes with a tiny autoencoder instead of the VAE: X is a decoder_distill run directory
+(train/decoder_distill.py) or a diffusers AutoencoderTiny folder (e.g. TAESD's weights). The output
 is mp4 (H.264) or, with a .gif name, a gif; it appears only when complete. Guidance: the scale rises
 over frames from --min_guidance_scale to --max_guidance_scale (default 3.0 with several steps; with
 --steps 1, the distilled model's setting, the default is 1.0: no guidance, one UNet evaluation).
@@ -46,6 +49,27 @@ def _load_unet(path):
     return load_unet(path)
 
 
+def _load_decoder(spec: str):
+    """`vae` → None (the VAE's own decoder); `tiny:X` → the tiny autoencoder of run directory / folder X."""
+    from mvd_jax import storage
+    from mvd_jax.train.stages import is_run_dir
+
+    if spec == "vae":
+        return None
+    kind, _, where = spec.partition(":")
+    if kind != "tiny" or not where:
+        raise UserError(f"--decoder takes 'vae' or 'tiny:RUN_DIR_OR_FOLDER', got {spec!r}")
+    if is_run_dir(where):
+        from mvd_jax.train.decoder_distill import read_run_tiny_autoencoder
+
+        return read_run_tiny_autoencoder(where)[0]
+    if not (storage.path(where) / "config.json").is_file():
+        raise UserError(f"--decoder {spec}: {where} is neither a decoder run directory nor an AutoencoderTiny folder")
+    from mvd_jax.convert.diffusers_tiny_autoencoder import load_tiny_autoencoder
+
+    return load_tiny_autoencoder(where)
+
+
 def parser() -> ArgumentParser:
     """The command's options; each number's `type=` is its rule (mvd_jax/settings.py), checked while parsing."""
     p = ArgumentParser(prog="python -m mvd_jax.sample", description=__doc__.split("\n")[0])
@@ -66,6 +90,8 @@ def parser() -> ArgumentParser:
                    help="default: 3.0, or 1.0 (no guidance) with --steps 1")
     p.add_argument("--decode_chunk_size", type=settings.POSITIVE, default=None)
     p.add_argument("--seed", type=settings.SEED, default=0)
+    p.add_argument("--decoder", default="vae", help="'vae' (default) or 'tiny:RUN_DIR_OR_FOLDER': a tiny "
+                                                    "autoencoder (decoder_distill run, AutoencoderTiny folder)")
     return p
 
 
@@ -95,7 +121,8 @@ def main(argv=None):
     image = _open_image(args.image)
 
     t0 = time.perf_counter()
-    pipe = ImageToVideo.from_folder(folder, unet=_load_unet(args.unet) if args.unet else None)
+    pipe = ImageToVideo.from_folder(folder, unet=_load_unet(args.unet) if args.unet else None,
+                                    decoder=_load_decoder(args.decoder))
     load_s = time.perf_counter() - t0
 
     with tqdm(total=args.steps, desc="denoising", unit="step") as bar:

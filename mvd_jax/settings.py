@@ -253,6 +253,7 @@ KNOWN_KEYS = {
     "train": "training loop settings",
     "optimizer": "AdamW, warm-up, clipping, EMA",
     "adversarial": "the single-step adversarial phase: D heads, σ sets, losses, G/D optimizers",
+    "tiny_autoencoder": "the tiny (TAESD-style) autoencoder the decoder_distill phase trains, and its losses",
     "mesh": "device mesh sizes: data, fsdp, tensor (−1 = fill)",
     "init_from": "an SVD diffusers folder, or a previous stage's workdir, to initialise the UNet from",
     "init_ema": "start from the previous stage's EMA weights (True) or its raw weights",
@@ -276,10 +277,19 @@ def defaults() -> ml_collections.ConfigDict:
     # small randomly initialised (fixed) CLIP image encoder — the offline demo's stand-in.
     # pixel_scaling_factor multiplies the pixel latents (as SVD's VAE scales its latents by 0.18215) so their
     # spread can match the EDM preconditioning's σ_data = 1 (pixel blocks in [−1, 1] have std ≈ 0.5)
+    # kind "random_vae": SVD's VAE structure (AutoencoderKLTemporalDecoder) at the vae_* sizes with random
+    # weights (vae_seed) and the stand-in CLIP — where train.phase "autoencoder" starts a VAE of its own; kind
+    # "vae": `checkpoint` is a VAE folder (or an autoencoder-phase run) and the stand-in CLIP. kl_weight: the
+    # autoencoder phase's KL term (train/vae_train.py)
     c.autoencoder = dict(kind="pixel", checkpoint="", pixel_factor=4, pixel_scaling_factor=1.0, clip_hidden_size=32,
-                         clip_layers=1, clip_heads=2, clip_patch_size=32, clip_seed=0)
+                         clip_layers=1, clip_heads=2, clip_patch_size=32, clip_seed=0,
+                         vae_block_out_channels=(32, 32, 64, 64), vae_layers_per_block=2, vae_latent_channels=4,
+                         vae_scaling_factor=0.18215, vae_seed=0, kl_weight=1e-6)
     c.train = dict(
-        phase="diffusion",  # diffusion (EDM denoising loss) | adversarial (single-step, train/adversarial.py)
+        # diffusion (EDM denoising loss) | adversarial (single-step, train/adversarial.py) | decoder_distill (the
+        # tiny autoencoder learns the autoencoder's decodes, train/decoder_distill.py) | autoencoder (the VAE
+        # learns to reconstruct clips, train/vae_train.py)
+        phase="diffusion",
         steps=100,
         batch_size=4,  # global
         seed=0,
@@ -326,6 +336,13 @@ def defaults() -> ml_collections.ConfigDict:
         discriminator=dict(include_mid_block=False, head_channels=256, cond_dim=256, norm_groups=32,
                            spatial_kernel=3, temporal_kernel=3),
     )
+    # The tiny autoencoder (models/tiny_autoencoder.py) of train.phase="decoder_distill": TAESD's layout by
+    # default (one width, blocks per stage; the stage count fixes the factor, 2^(stages − 1), which must be the
+    # teacher's). Loss = pixel term (l1 | l2) against the teacher's decode + temporal_weight · L1 of the
+    # frame-to-frame differences' mismatch + encoder_weight · L1 of the student encoder's latents against the
+    # teacher's (0: the encoder is not trained).
+    c.tiny_autoencoder = dict(width=64, encoder_blocks=(1, 3, 3, 3), decoder_blocks=(3, 3, 3, 1), temporal_mixing=True,
+                              seed=0, pixel_loss="l1", temporal_weight=1.0, encoder_weight=1.0)
     c.optimizer = dict(learning_rate=1e-4, warmup_steps=10, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
                        clip_norm=1.0,  # 0: no clipping
                        ema_decay=0.999,
@@ -337,7 +354,7 @@ def defaults() -> ml_collections.ConfigDict:
     return c
 
 
-SECTIONS = ("data", "autoencoder", "train", "adversarial", "optimizer", "mesh")
+SECTIONS = ("data", "autoencoder", "train", "adversarial", "tiny_autoencoder", "optimizer", "mesh")
 TRAINABLE_GROUPS = ("all", "temporal", "gates", "funnels", "funnels_gates", "none")  # train/model_state.py
 MESH_SIZE = Int(1, also=(-1,))  # −1: whatever the devices leave
 UNIT = Float(0, 1)
@@ -366,13 +383,16 @@ RULES: dict[str, Rule] = {
     "data.videos": Text(), "data.cache": Text(), "data.fps": Float(min=0), "data.crop": Choice(("random", "center")),
     "data.workers": Int(0), "data.motion_bucket_id": Int(0),
     # ---- autoencoder ----
-    "autoencoder.kind": Choice(("pixel", "svd")), "autoencoder.checkpoint": Text(), "autoencoder.pixel_factor": POSITIVE,
+    "autoencoder.kind": Choice(("pixel", "svd", "random_vae", "vae")), "autoencoder.checkpoint": Text(), "autoencoder.pixel_factor": POSITIVE,
     "autoencoder.pixel_scaling_factor": Float(0, min_open=True),
     "autoencoder.clip_hidden_size": POSITIVE, "autoencoder.clip_layers": POSITIVE, "autoencoder.clip_heads": POSITIVE,
     "autoencoder.clip_patch_size": Int(1, 224),  # the stand-in CLIP sees 224×224 images
-    "autoencoder.clip_seed": SEED,
+    "autoencoder.clip_seed": SEED, "autoencoder.vae_block_out_channels": Each(POSITIVE),
+    "autoencoder.vae_layers_per_block": POSITIVE, "autoencoder.vae_latent_channels": POSITIVE,
+    "autoencoder.vae_scaling_factor": Float(0, min_open=True), "autoencoder.vae_seed": SEED,
+    "autoencoder.kl_weight": Float(min=0),
     # ---- train ----
-    "train.phase": Choice(("diffusion", "adversarial")),
+    "train.phase": Choice(("diffusion", "adversarial", "decoder_distill", "autoencoder")),
     "train.steps": Int(1, 2**31 - 1),  # the step counter is an int32 in the compiled step
     "train.batch_size": POSITIVE, "train.seed": SEED, "train.p_mean": Float(), "train.p_std": Float(min=0, min_open=True), "train.cond_dropout": UNIT,
     "train.noise_aug_p_mean": Float(), "train.noise_aug_p_std": Float(min=0),
@@ -394,6 +414,11 @@ RULES: dict[str, Rule] = {
     "adversarial.discriminator.include_mid_block": Flag(), "adversarial.discriminator.head_channels": POSITIVE,
     "adversarial.discriminator.cond_dim": POSITIVE, "adversarial.discriminator.norm_groups": POSITIVE,
     "adversarial.discriminator.spatial_kernel": POSITIVE, "adversarial.discriminator.temporal_kernel": POSITIVE,
+    # ---- tiny_autoencoder ----
+    "tiny_autoencoder.width": POSITIVE, "tiny_autoencoder.encoder_blocks": Each(Int(0)),
+    "tiny_autoencoder.decoder_blocks": Each(Int(0)), "tiny_autoencoder.temporal_mixing": Flag(),
+    "tiny_autoencoder.seed": SEED, "tiny_autoencoder.pixel_loss": Choice(("l1", "l2")),
+    "tiny_autoencoder.temporal_weight": Float(min=0), "tiny_autoencoder.encoder_weight": Float(min=0),
     # ---- optimizer ----
     "optimizer.learning_rate": Float(min=0), "optimizer.warmup_steps": Int(0), "optimizer.b1": BETA,
     "optimizer.b2": BETA, "optimizer.eps": Float(min=0, min_open=True), "optimizer.weight_decay": Float(min=0),
@@ -567,10 +592,24 @@ def _check_combinations(cfg) -> None:
     factor, channels = latent_geometry(cfg)
     if cfg.height % factor or cfg.width % factor:
         raise UserError(f"height/width {cfg.height}×{cfg.width} must be multiples of the autoencoder's factor {factor}")
-    if unet.in_channels != 2 * channels or unet.out_channels != channels:
+    if t.phase == "decoder_distill":
+        _check_tiny_autoencoder(cfg, factor)
+    elif t.phase == "autoencoder":
+        if a.kind == "pixel" or cfg.data.cache:
+            raise UserError("train.phase 'autoencoder' trains a VAE on raw videos: autoencoder.kind must be "
+                            "'random_vae', 'vae' or 'svd' and data.cache empty")
+    elif unet.in_channels != 2 * channels or unet.out_channels != channels:
         raise UserError(f"the UNet takes {unet.in_channels} channels in and {unet.out_channels} out; the "
                         f"autoencoder gives {channels}-channel latents (in = 2·{channels}, out = {channels})")
-    if a.kind == "pixel":  # the stand-in CLIP (train/trainer.py build_autoencoder)
+    if a.kind == "random_vae":
+        from mvd_jax.models.vae import VAEConfig
+
+        try:
+            VAEConfig(block_out_channels=tuple(a.vae_block_out_channels),
+                      down_block_types=("DownEncoderBlock2D",) * len(a.vae_block_out_channels))
+        except UserError as e:
+            raise UserError(f"autoencoder.vae_block_out_channels: {e}") from None
+    if a.kind in ("pixel", "random_vae", "vae"):  # the stand-in CLIP (train/trainer.py build_autoencoder)
         try:
             CLIPVisionConfig(hidden_size=a.clip_hidden_size, intermediate_size=2 * a.clip_hidden_size,
                              projection_dim=unet.context_dims[0], num_hidden_layers=a.clip_layers,
@@ -582,6 +621,21 @@ def _check_combinations(cfg) -> None:
             DiscriminatorConfig(**_to_plain(cfg.adversarial.discriminator))
         except UserError as e:
             raise UserError(f"adversarial.discriminator: {e}") from None
+
+
+def _check_tiny_autoencoder(cfg, factor: int) -> None:
+    ta = cfg.tiny_autoencoder
+    if cfg.autoencoder.kind == "pixel":
+        raise UserError("train.phase 'decoder_distill' distils a learned autoencoder's decoder: autoencoder.kind must "
+                        "be 'svd' (with autoencoder.checkpoint) or 'random_vae', not 'pixel'")
+    if cfg.data.cache:
+        raise UserError("train.phase 'decoder_distill' reads raw videos (the teacher decodes its own encodings "
+                        "of them); data.cache is not supported there")
+    stages = len(ta.decoder_blocks)
+    if 2 ** (stages - 1) != factor or len(ta.encoder_blocks) != stages:
+        raise UserError(f"tiny_autoencoder: {stages} decoder and {len(ta.encoder_blocks)} encoder stages give "
+                        f"factor 2^(stages − 1); the autoencoder's factor is {factor}, so both need "
+                        f"{factor.bit_length()} stages")
 
 
 def latent_geometry(cfg) -> tuple[int, int]:
@@ -597,6 +651,13 @@ def latent_geometry(cfg) -> tuple[int, int]:
             vae = read_vae_config(folder)
             return vae.downsampling_factor, vae.latent_channels
         return 8, 4
+    if a.kind in ("random_vae", "vae"):
+        from mvd_jax.train.vae_train import vae_config_of
+
+        if a.kind == "vae" and not a.checkpoint:
+            raise UserError("autoencoder.kind 'vae' needs autoencoder.checkpoint: a VAE folder or an autoencoder run")
+        vae = vae_config_of(cfg)
+        return vae.downsampling_factor, vae.latent_channels
     return a.pixel_factor, 3 * a.pixel_factor ** 2
 
 

@@ -86,6 +86,79 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, lines), "", note])
 
 
+# ---- decoders: SVD's temporal VAE decoder vs the tiny decoder (MobileVD Table 9) ------------------------
+DECODER_SIZES = ((512, 256), (1024, 576))  # (width, height): MobileVD's and SVD's
+DECODER_FRAMES = 14
+DECODER_LATENCY = os.path.join(os.path.dirname(os.path.dirname(PAPER_CONFIG_DIR)), "bench", "results",
+                               "decoder_latency.json")
+
+
+def decoder_models() -> dict:
+    """name → abstract decoder module with the VAE's `decode(z, num_frames)`: SVD's VAE (its config's defaults)
+    and the phone's tiny decoder (configs/stages/tiny_decoder.py's layout: TAESD + temporal mixing)."""
+    from mvd_jax.convert.diffusers_tiny_autoencoder import abstract_tiny_autoencoder
+    from mvd_jax.convert.diffusers_vae import abstract_vae
+    from mvd_jax.models.tiny_autoencoder import TinyAutoencoderConfig
+    from mvd_jax.models.vae import VAEConfig
+
+    return {"svd_vae_decoder": abstract_vae(VAEConfig()),
+            "tiny_decoder": abstract_tiny_autoencoder(TinyAutoencoderConfig(temporal_mixing=True))}
+
+
+def decoder_row(name: str, model, *, frames: int, height: int, width: int) -> dict:
+    """Params of the decoder half and FLOPs of decoding one clip of `frames` latents (one decode call)."""
+    f = model.config.downsampling_factor
+    if height % f or width % f:
+        raise UserError(f"{name}: {width}×{height} is not a multiple of the decoder's factor {f}")
+    graphdef, state = nnx.split(model)
+    params = sum(int(np.prod(v.shape)) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+                 if path[0] == "decoder")
+
+    def decode(state, z):
+        return nnx.merge(graphdef, state).decode(z, frames)
+
+    z = jax.ShapeDtypeStruct((frames, height // f, width // f, model.config.latent_channels), jnp.float32)
+    flops = count_flops(decode, state, z)
+    return {"decoder": name, "frames": frames, "height": height, "width": width, "params": params,
+            "tflops": flops["flops"] / 1e12, "xla_tflops": flops["xla_flops"] / 1e12}
+
+
+def decoder_rows(latency_file: str | None = DECODER_LATENCY) -> list[dict]:
+    """Both decoders at both sizes, each with its share of SVD's decoder FLOPs at the same size and, where
+    bench/decoder_latency.py measured it, its LiteRT CPU latency."""
+    latency = {}
+    if latency_file and os.path.isfile(latency_file):
+        with open(latency_file) as fh:
+            for r in json.load(fh)["rows"]:
+                latency[(r["decoder"], r["width"], r["height"])] = r
+    rows = []
+    for w, h in DECODER_SIZES:
+        models = decoder_models()
+        size_rows = [decoder_row(n, m, frames=DECODER_FRAMES, height=h, width=w) for n, m in models.items()]
+        base = size_rows[0]["tflops"]
+        for r in size_rows:
+            r["vs_svd_decoder"] = r["tflops"] / base
+            measured = latency.get((r["decoder"], w, h))
+            r["litert_cpu_ms_per_frame"] = measured["litert_fp32_ms_per_frame"] if measured else None
+            r["latency_source"] = measured["source"] if measured else None
+        rows += size_rows
+    return rows
+
+
+def format_decoder_table(rows: list[dict]) -> str:
+    head = ["decoder", "frames", "size (W×H)", "params", "TFLOPs / clip", "XLA TFLOPs", "vs SVD decoder",
+            "LiteRT CPU ms / frame"]
+    lines = [[r["decoder"], str(r["frames"]), f"{r['width']}×{r['height']}", f"{r['params']:,}", f"{r['tflops']:.2f}",
+              f"{r['xla_tflops']:.2f}", f"{100 * r['vs_svd_decoder']:.1f}%",
+              f"{r['litert_cpu_ms_per_frame']:.0f}" if r["litert_cpu_ms_per_frame"] else "-"] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(head, *lines)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    sources = sorted({r["latency_source"] for r in rows if r["latency_source"]})
+    note = ("TFLOPs to decode one 14-frame clip (paper convention, as the UNet table); params of the decoder "
+            "half. Latency: " + ("; ".join(sources) if sources else "not measured (bench/decoder_latency.py)"))
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, lines), "", note])
+
+
 # ---- quality: measured FVDs beside the paper's -------------------------------------------------------
 # The paper's UCF-101 FVDs by row (Tables 1–8; mobilevd_paper.md §3): row → (config, NFE, FVD at 25 fps,
 # FVD at 7 fps, source). Two Table 2 rows share a config with another row because only the weights
@@ -241,10 +314,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m mvd_jax.tables", description=__doc__.split("\n")[0])
     parser.add_argument("--configs", nargs="*", help="config files (file.py[:arg]); default: configs/paper/*.py")
     parser.add_argument("--format", choices=["table", "json"], default="table")
+    parser.add_argument("--decoders", action="store_true",
+                        help="the decoder table instead: SVD's VAE decoder vs the tiny decoder, per 14-frame clip")
     parser.add_argument("--results", default=None,
                         help="folder of ucf101 result.json files: adds FVD columns, the paper's beside ours, and "
                              "writes quality_table.md and quality_table.csv there")
     args = parser.parse_args(argv)
+    if args.decoders:
+        rows = decoder_rows()
+        print(json.dumps(rows, indent=2) if args.format == "json" else format_decoder_table(rows))
+        return rows
     if args.results:
         return _quality_main(args)
     specs = args.configs or _paper_configs()

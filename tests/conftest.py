@@ -120,10 +120,12 @@ def gcs(env, gcs_server):
 # the two workers end within a minute of each other instead of one of them running a long file alone at
 # the end. Order by the serial times measured on 2026-12-04 (seconds, one core each): adversarial 421,
 # train_compile 330, mobilevd_options 300, multidevice 261, funnels 197, unet_vs_diffusers 189, train 181,
-# pipeline 180, fvd 128, stages 125, gcs_workdir 122, export 102, train_numerics 96; the rest after them.
+# pipeline 180, fvd 128, decoder_distill ≈ 130 (2026-12-05), stages 125, gcs_workdir 122, export 102,
+# train_numerics 96; the rest after them.
 LONG_FILES = ("test_adversarial_train.py", "test_train_compile.py", "test_mobilevd_options.py",
               "test_train_multidevice.py", "test_funnels.py", "test_unet_vs_diffusers.py", "test_train.py",
-              "test_pipeline_vs_diffusers.py", "test_fvd.py", "test_stages.py", "test_gcs_workdir.py",
+              "test_pipeline_vs_diffusers.py", "test_fvd.py", "test_decoder_distill.py", "test_stages.py",
+              "test_gcs_workdir.py",
               "test_export.py", "test_train_numerics.py", "test_tables_paper.py", "test_discriminator.py",
               "test_vae_vs_diffusers.py")
 

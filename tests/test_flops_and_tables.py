@@ -36,3 +36,46 @@ def test_jaxpr_flops_multiplies_scan_bodies():
 
     x, ws = jnp.ones((3, 4)), jnp.ones((5, 4, 4))
     assert jaxpr_flops(jax.make_jaxpr(f)(x, ws)) == 5 * 2 * 3 * 4 * 4
+
+
+def test_decoder_flops_equal_torch_flop_counter():
+    """The decoder table's counts: the tiny decoder against diffusers' AutoencoderTiny and SVD's temporal VAE
+    decoder against AutoencoderKLTemporalDecoder, both under FlopCounterMode, on small random configs."""
+    from diffusers import AutoencoderKLTemporalDecoder, AutoencoderTiny
+
+    from mvd_jax.convert.diffusers_tiny_autoencoder import abstract_tiny_autoencoder
+    from mvd_jax.convert.diffusers_vae import abstract_vae
+    from mvd_jax.models.tiny_autoencoder import TinyAutoencoderConfig
+    from mvd_jax.models.vae import VAEConfig
+    from mvd_jax.tables import decoder_row
+
+    tiny = dict(encoder_block_out_channels=(16, 16, 16), decoder_block_out_channels=(24, 24, 24),
+                num_encoder_blocks=(1, 1, 1), num_decoder_blocks=(2, 1, 1), latent_channels=4)
+    vae = dict(block_out_channels=(32, 64), layers_per_block=2, latent_channels=4,
+               down_block_types=("DownEncoderBlock2D",) * 2)
+    frames, h, w = 3, 6, 10
+    for torch_model, ours, decode in (
+            (AutoencoderTiny(**tiny), abstract_tiny_autoencoder(TinyAutoencoderConfig(**tiny)),
+             lambda m, z: m.decode(z)),
+            (AutoencoderKLTemporalDecoder(**vae), abstract_vae(VAEConfig(**vae)),
+             lambda m, z: m.decode(z, num_frames=frames))):
+        factor = ours.config.downsampling_factor
+        if hasattr(torch_model, "set_default_attn_processor"):
+            torch_model.set_default_attn_processor()  # bmm attention, which FlopCounterMode counts (CPU SDPA it does not)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            decode(torch_model.eval(), torch.zeros(frames, 4, h, w))
+        row = decoder_row("x", ours, frames=frames, height=h * factor, width=w * factor)
+        assert round(row["tflops"] * 1e12) == counter.get_total_flops(), type(torch_model).__name__
+        decoder_params = sum(p.numel() for n, p in torch_model.named_parameters() if n.startswith("decoder."))
+        assert row["params"] == decoder_params
+
+
+def test_decoder_table_tiny_decoder_is_under_a_tenth_of_svds():
+    from mvd_jax.tables import decoder_rows, format_decoder_table
+
+    rows = decoder_rows(latency_file=None)
+    by = {(r["decoder"], r["width"]): r for r in rows}
+    assert by[("tiny_decoder", 512)]["vs_svd_decoder"] < 0.10
+    assert by[("svd_vae_decoder", 512)]["tflops"] > 4.34  # SVD's decoder costs more than MobileVD's UNet step
+    assert by[("svd_vae_decoder", 512)]["params"] == by[("svd_vae_decoder", 1024)]["params"]
+    assert "tiny_decoder" in format_decoder_table(rows)

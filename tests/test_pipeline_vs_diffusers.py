@@ -138,6 +138,44 @@ def test_sample_cli_takes_the_unet_of_a_training_run(svd_folder, tmp_path):
     assert bad.returncode == 2 and "neither a trainer run directory" in bad.stderr
 
 
+def test_sample_cli_decodes_with_a_tiny_decoder(svd_folder, tmp_path):
+    """`--decoder tiny:FOLDER` (an AutoencoderTiny folder of the VAE's factor and latent channels) decodes the
+    sampled latents instead of the VAE: the video equals the pipeline run with that decoder, and differs from
+    the VAE's; a tiny decoder of another factor is refused before sampling."""
+    import av
+    from flax import nnx
+
+    from mvd_jax.convert.diffusers_tiny_autoencoder import save_tiny_autoencoder
+    from mvd_jax.diffusion.pipeline import ImageToVideo, SampleOptions
+    from mvd_jax.models.tiny_autoencoder import TinyAutoencoder, TinyAutoencoderConfig
+
+    _, folder = svd_folder  # its VAE: factor 2, 4 latent channels
+    layout = lambda n: dict(encoder_block_out_channels=(8,) * n, decoder_block_out_channels=(8,) * n,
+                            num_encoder_blocks=(1,) * n, num_decoder_blocks=(1,) * n, temporal_mixing=True)
+    tiny = TinyAutoencoder(TinyAutoencoderConfig(**layout(2)), rngs=nnx.Rngs(4))
+    save_tiny_autoencoder(tiny, tmp_path / "tiny")
+    _image(7).save(tmp_path / "in.png")
+    out = tmp_path / "tiny.mp4"
+    args = ["--checkpoint", str(folder), "--image", str(tmp_path / "in.png"), "--steps", "1", "--frames", "2",
+            "--height", "32", "--width", "48"]
+    proc = run_sample(*args, "--out", str(out), "--decoder", f"tiny:{tmp_path / 'tiny'}")
+    assert proc.returncode == 0, proc.stderr
+    with av.open(str(out)) as container:
+        frames = np.asarray([f.to_ndarray(format="rgb24") for f in container.decode(video=0)], np.float64)
+    o = SampleOptions(num_frames=2, height=32, width=48, steps=1, max_guidance_scale=1.0)
+    with_tiny = ImageToVideo.from_folder(folder, decoder=tiny)(_image(7), o)
+    with_vae = ImageToVideo.from_folder(folder)(_image(7), o)
+    luma = np.asarray([0.299, 0.587, 0.114])  # H.264 4:2:0: compare luma, as the UNet test does
+    got = frames @ luma
+    assert np.abs(got - np.asarray(with_tiny, np.float64) * 255 @ luma).mean() < 6
+    assert np.abs(got - np.asarray(with_vae, np.float64) * 255 @ luma).mean() > 10
+
+    save_tiny_autoencoder(TinyAutoencoder(TinyAutoencoderConfig(**layout(3)), rngs=nnx.Rngs(0)), tmp_path / "f4")
+    bad = run_sample(*args, "--out", str(tmp_path / "bad.mp4"), "--decoder", f"tiny:{tmp_path / 'f4'}")
+    assert bad.returncode == 2 and "factor 4; the autoencoder's are 4-channel at factor 2" in bad.stderr
+    assert not (tmp_path / "bad.mp4").exists()
+
+
 @pytest.mark.parametrize("case", ["missing_image", "unreadable_image", "no_vae", "bad_size", "bad_suffix"])
 def test_sample_cli_errors(svd_folder, tmp_path, case):
     import shutil

@@ -9,7 +9,9 @@ parameter must match the config); with --out it is written as a diffusers folder
 diffusion_pytorch_model.safetensors, or the .fp16 variant with --float16) that diffusers'
 from_pretrained reads and `init_from` starts a run from. A UNet with MobileVD structure (temporal
 multiscaling, pruning, funnels) keeps those keys in its config.json: this package rebuilds the same
-network from it, diffusers cannot.
+network from it, diffusers cannot. A trainer workdir of the other model phases converts to its own kind
+of folder: an autoencoder run (train.phase autoencoder) to a VAE folder (AutoencoderKLTemporalDecoder), a
+decoder_distill run to its tiny autoencoder's (AutoencoderTiny).
 """
 from __future__ import annotations
 
@@ -22,7 +24,29 @@ from flax import nnx
 
 from mvd_jax.convert.diffusers_unet import read_unet_checkpoint, save_unet_diffusers, unet_from_tensors
 from mvd_jax.errors import cli_main
-from mvd_jax.train.stages import is_run_dir, read_run_unet
+from mvd_jax.train.stages import is_run_dir, read_run_config, read_run_unet
+
+
+def _convert_autoencoder_run(args):
+    phase = read_run_config(args.path).train.phase
+    if phase == "autoencoder":
+        from mvd_jax.convert.diffusers_vae import save_vae_diffusers
+        from mvd_jax.train.vae_train import read_run_vae
+
+        model, _, step = read_run_vae(args.path, use_ema=not args.raw)
+        save = lambda: save_vae_diffusers(model, args.out, float16=args.float16)
+    else:
+        from mvd_jax.convert.diffusers_tiny_autoencoder import save_tiny_autoencoder
+        from mvd_jax.train.decoder_distill import read_run_tiny_autoencoder
+
+        model, _, step = read_run_tiny_autoencoder(args.path, use_ema=not args.raw)
+        save = lambda: save_tiny_autoencoder(model, args.out, float16=args.float16)
+    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    print(f"loaded the {type(model).__name__} of {phase} run {args.path} (step {step}, "
+          f"{'raw' if args.raw else 'EMA'} weights): {n:,} parameters")
+    if args.out:
+        save()
+        print(f"wrote it to {args.out}")
 
 
 @cli_main
@@ -35,6 +59,8 @@ def main(argv=None):
     parser.add_argument("--raw", action="store_true", help="a trainer workdir's raw weights instead of its EMA")
     args = parser.parse_args(argv)
 
+    if is_run_dir(args.path) and read_run_config(args.path).train.phase in ("autoencoder", "decoder_distill"):
+        return _convert_autoencoder_run(args)
     if is_run_dir(args.path):
         model, _, step = read_run_unet(args.path, use_ema=not args.raw)
         kind = f"trainer run (step {step}, {'raw' if args.raw else 'EMA'} weights)"

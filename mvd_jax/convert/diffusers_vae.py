@@ -40,7 +40,7 @@ def load_vae(folder, *, dtype=jnp.float32) -> AutoencoderKLTemporalDecoder:
     return vae_from_tensors(folder_weights(folder, WEIGHTS_NAME), config, source=str(folder), dtype=dtype)
 
 
-def save_vae_diffusers(model: AutoencoderKLTemporalDecoder, out_dir) -> Path:
-    """Writes config.json + diffusion_pytorch_model.safetensors that diffusers' from_pretrained reads."""
+def save_vae_diffusers(model: AutoencoderKLTemporalDecoder, out_dir, *, float16: bool = False) -> Path:
+    """Writes config.json + diffusion_pytorch_model[.fp16].safetensors that diffusers' from_pretrained reads."""
     config = {"_class_name": DIFFUSERS_CLASS, **model.config.to_diffusers_dict()}
-    return save_module(model, out_dir, WEIGHTS_NAME, config)
+    return save_module(model, out_dir, WEIGHTS_NAME, config, float16=float16)

@@ -86,19 +86,23 @@ def check_options(o: SampleOptions, vae_scale: int) -> None:
 class ImageToVideo:
     """Holds the three models; `__call__` turns one image into frames (T, H, W, 3) in [0, 1]."""
 
-    def __init__(self, unet, vae, image_encoder):
+    def __init__(self, unet, vae, image_encoder, decoder=None):
+        """`decoder`: what turns latents into frames (default the VAE; e.g. a tiny autoencoder distilled from
+        it, models/tiny_autoencoder.py, with the same latents and factor)."""
         self.unet, self.vae, self.image_encoder = unet, vae, image_encoder
+        self.decoder = decoder if decoder is not None else vae
         self.vae_scale = vae.config.downsampling_factor
         self.timings: dict[str, float] = {}
         self._on_step = None  # the current progress callback; read by the compiled loop via _step_hook
         self._encode_image = _bound(image_encoder, "__call__")
         self._encode_latent = _bound(vae, "encode_mode")
-        self._decode = _bound(vae, "decode", static_argnums=(1,))
+        self._decode = _bound(self.decoder, "decode", static_argnums=(1,))
         self._samplers: dict = {}
 
     @classmethod
-    def from_folder(cls, folder, unet=None) -> "ImageToVideo":
-        """The pipeline of an SVD folder; `unet` (a loaded UNet, e.g. a trained stage's) replaces its unet/."""
+    def from_folder(cls, folder, unet=None, decoder=None) -> "ImageToVideo":
+        """The pipeline of an SVD folder; `unet` (a loaded UNet, e.g. a trained stage's) replaces its unet/,
+        `decoder` (a loaded tiny autoencoder) the VAE's decoder."""
         from mvd_jax.convert import load_unet
         from mvd_jax.convert.diffusers_vae import load_vae
         from mvd_jax.convert.transformers_clip import load_image_encoder
@@ -111,7 +115,11 @@ class ImageToVideo:
         if unet.config.in_channels != 2 * latent or unet.config.out_channels != latent:
             raise UserError(f"the UNet takes {unet.config.in_channels} channels in and {unet.config.out_channels} out; "
                             f"the VAE of {folder} gives {latent}-channel latents")
-        return cls(unet, vae, load_image_encoder(folder / "image_encoder"))
+        if decoder is not None:
+            from mvd_jax.train.decoder_distill import check_matches_teacher
+
+            check_matches_teacher(decoder.config, vae.config, "the decoder")
+        return cls(unet, vae, load_image_encoder(folder / "image_encoder"), decoder)
 
     def check_options(self, o: SampleOptions):
         check_options(o, self.vae_scale)
@@ -159,7 +167,7 @@ class ImageToVideo:
 
     def decode(self, latents, o: SampleOptions):
         """Frames (T, H, W, 3) in [0, 1] from the latents (1, T, h, w, C) of one video."""
-        z = latents[0] / self.vae.config.scaling_factor
+        z = latents[0] / self.decoder.config.scaling_factor
         frames = decode_chunked(self._decode, z, o.decode_chunk_size)
         return jnp.clip(frames / 2 + 0.5, 0.0, 1.0)
 

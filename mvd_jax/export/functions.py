@@ -194,9 +194,10 @@ def unet_step(unet, *, frames: int, latent_height: int, latent_width: int, batch
 
 
 # ---- the autoencoder ---------------------------------------------------------------------------------
-def vae_decoder(vae, *, frames: int, latent_height: int, latent_width: int) -> ExportFunction:
+def vae_decoder(vae, *, frames: int, latent_height: int, latent_width: int, name: str = "vae_decoder") -> ExportFunction:
     """Latents as the UNet returns them (scaled) → frames in [0, 1]; the decoder's temporal layers mix the
-    `frames` frames of this call (a chunk, as diffusers' decode_chunk_size)."""
+    `frames` frames of this call (a chunk, as diffusers' decode_chunk_size). `vae` may be any autoencoder with
+    the VAE's decode interface: the tiny autoencoder (models/tiny_autoencoder.py) is `vae_decoder_tiny`."""
     rebuild, params = _split(vae)
     scale = float(vae.config.scaling_factor)
     latent = vae.config.latent_channels
@@ -211,7 +212,7 @@ def vae_decoder(vae, *, frames: int, latent_height: int, latent_width: int) -> E
         return dict(latents=(scale * rng.standard_normal((1, frames, latent_height, latent_width, latent)))
                     .astype(np.float32))
 
-    f = ExportFunction("vae_decoder", fn, params,
+    f = ExportFunction(name, fn, params,
                        (Input("latents", (1, frames, latent_height, latent_width, latent), "x0 of unet_step"),),
                        ("frames",), sampler)
     f.check()
@@ -293,8 +294,9 @@ def clip_real_inputs(vae, image_encoder, clip: dict, *, frames: int, decode_chun
                        image_embeds=np.asarray(encoded["image_embeds"][:, 0], np.float32),
                        added_time_ids=np.asarray(encoded["added_time_ids"], np.float32)),
         vae_decoder=dict(latents=latents),
+        vae_decoder_tiny=dict(latents=latents),
         vae_encoder=dict(image=first),
         clip_image_encoder=dict(image=first))
 
 
-COMPONENTS = ("unet", "vae_decoder", "vae_encoder", "clip")
+COMPONENTS = ("unet", "vae_decoder", "vae_encoder", "clip", "vae_decoder_tiny")

@@ -78,13 +78,13 @@ class Conv(nnx.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, kernel_size: Sequence[int], *, rngs: nnx.Rngs,
-                 strides: Sequence[int] | None = None, padding: Sequence[int] | None = None):
+                 strides: Sequence[int] | None = None, padding: Sequence[int] | None = None, use_bias: bool = True):
         kernel_size = tuple(kernel_size)
         fan_in = in_features * int(np.prod(kernel_size))
         init = _torch_default_init(fan_in)
         spatial_axes = (None,) * len(kernel_size)
         self.kernel = param(rngs, init, (*kernel_size, in_features, out_features), (*spatial_axes, "conv_in", "conv_out"))
-        self.bias = param(rngs, init, (out_features,), ("conv_out",))
+        self.bias = param(rngs, init, (out_features,), ("conv_out",)) if use_bias else None
         self.strides = tuple(strides) if strides is not None else (1,) * len(kernel_size)
         pad = tuple(padding) if padding is not None else tuple(k // 2 for k in kernel_size)
         self.padding = tuple((p, p) for p in pad)
@@ -97,13 +97,16 @@ class Conv(nnx.Module):
             # A 1×1 convolution is a product over channels; as a matmul XLA:CPU runs it at its matmul rate
             # (the convolution kernel was slower on the res-blocks' shortcut shapes). Same numbers.
             kernel = self.kernel[...].reshape(cin, cout).astype(x.dtype)
-            return jnp.matmul(x, kernel) + self.bias[...].astype(x.dtype)
+            return self._add_bias(jnp.matmul(x, kernel))
         spec = "N" + "DHW"[-n:] + "C"
         dn = jax.lax.conv_dimension_numbers(x.shape, self.kernel.shape, (spec, "DHW"[-n:] + "IO", spec))
         y = jax.lax.conv_general_dilated(
             x, self.kernel[...].astype(x.dtype), window_strides=self.strides, padding=self.padding,
             dimension_numbers=dn)
-        return y + self.bias[...].astype(x.dtype)
+        return self._add_bias(y)
+
+    def _add_bias(self, y):
+        return y if self.bias is None else y + self.bias[...].astype(y.dtype)
 
 
 def statistics_dtype(x):

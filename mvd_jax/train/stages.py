@@ -49,12 +49,12 @@ def read_run_config(run_dir) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.loads((storage.path(run_dir) / "checkpoints" / "config.json").read_text()))
 
 
-def read_run_unet(run_dir, *, use_ema: bool = True):
-    """(the run's UNet with its latest checkpoint's weights, the run's resolved config, the step)."""
+def read_run_params(run_dir, *, use_ema: bool = True) -> tuple[dict, ml_collections.ConfigDict, int]:
+    """(the latest checkpoint's parameters — trained (EMA or raw) and frozen — as host NumPy arrays by flat
+    key, the run's resolved config, the step)."""
     import orbax.checkpoint as ocp
 
     from mvd_jax.train.checkpoint import state_metadata
-    from mvd_jax.train.model_state import ParamCodec, build_unet
 
     from absl import logging
 
@@ -76,14 +76,27 @@ def read_run_unet(run_dir, *, use_ema: bool = True):
     finally:
         mgr.close()
         logging.set_verbosity(verbosity)
-    source_cfg = dataclasses.replace(unet_config(cfg), num_frames=cfg.frames)
     trained = state["train"]["ema" if use_ema else "params"]
-    codec = ParamCodec(nnx.eval_shape(lambda: build_unet(source_cfg, 0)))
-    params = {**state["frozen"], **trained}
+    return {**state["frozen"], **trained}, cfg, step
+
+
+def module_from_params(codec, params: dict, run_dir):
     missing = sorted(set(codec.keys) - set(params))
     if missing:
         raise UserError(f"the checkpoint of {run_dir} lacks parameters {missing[:3]} of its own config")
-    return codec.merge({k: np.asarray(params[k]) for k in codec.keys}), cfg, step
+    return codec.merge({k: np.asarray(params[k]) for k in codec.keys})
+
+
+def read_run_unet(run_dir, *, use_ema: bool = True):
+    """(the run's UNet with its latest checkpoint's weights, the run's resolved config, the step)."""
+    from mvd_jax.train.model_state import ParamCodec, build_unet
+
+    params, cfg, step = read_run_params(run_dir, use_ema=use_ema)
+    if cfg.train.phase == "decoder_distill":
+        raise UserError(f"{run_dir} trained a tiny autoencoder (train.phase decoder_distill), not a UNet")
+    source_cfg = dataclasses.replace(unet_config(cfg), num_frames=cfg.frames)
+    codec = ParamCodec(nnx.eval_shape(lambda: build_unet(source_cfg, 0)))
+    return module_from_params(codec, params, run_dir), cfg, step
 
 
 def learned_pruning(unet, keep: int) -> tuple[str, ...]:

@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 
 from mvd_jax import storage
@@ -30,20 +29,21 @@ from mvd_jax.train import checkpoint as ckpt
 from mvd_jax.train import sharding as shd
 from mvd_jax.train import stages
 from mvd_jax.train.adversarial import build_adversarial_programs
+from mvd_jax.train import decoder_distill
+from mvd_jax.train.decoder_distill import build_decoder_programs
+from mvd_jax.train import vae_train
+from mvd_jax.train.vae_train import build_vae_programs
 from mvd_jax.train.compile_report import compiled_report, format_attention, format_report, write_report
 from mvd_jax.train.loss import diffusion_loss
 from mvd_jax.train.metrics import MetricWriter
 from mvd_jax.train.model_state import (
     ParamCodec,
     build_unet,
-    ema_decay_at,
-    ema_update,
     init_unet_from_svd,
     make_optimizer,
     trainable_keys,
-    tree_finite,
 )
-from mvd_jax.train.programs import Programs, gate_keep_at, opt_state_shardings
+from mvd_jax.train.programs import Programs, build_loss_programs, gate_keep_at
 
 
 class NonFiniteLossError(UserError):
@@ -70,8 +70,18 @@ def build_autoencoder(cfg):
     clip = CLIPVisionConfig(hidden_size=a.clip_hidden_size, intermediate_size=2 * a.clip_hidden_size,
                             projection_dim=unet_config(cfg).cross_attention_dim, num_hidden_layers=a.clip_layers,
                             num_attention_heads=a.clip_heads, image_size=224, patch_size=a.clip_patch_size)
+    image_encoder = CLIPVisionModelWithProjection(clip, rngs=nnx.Rngs(a.clip_seed))
+    if a.kind == "random_vae":  # SVD's VAE structure, random weights (what the autoencoder phase starts from)
+        from mvd_jax.models.vae import AutoencoderKLTemporalDecoder
+        from mvd_jax.train.vae_train import random_vae_config
+
+        return AutoencoderKLTemporalDecoder(random_vae_config(a), rngs=nnx.Rngs(a.vae_seed)), image_encoder
+    if a.kind == "vae":  # a VAE folder or an autoencoder-phase run, with the stand-in CLIP
+        from mvd_jax.train.vae_train import load_vae_checkpoint
+
+        return load_vae_checkpoint(a.checkpoint), image_encoder
     return (PixelAutoencoder(PixelAutoencoderConfig(factor=a.pixel_factor, scaling_factor=a.pixel_scaling_factor)),
-            CLIPVisionModelWithProjection(clip, rngs=nnx.Rngs(a.clip_seed)))
+            image_encoder)
 
 
 def check_model_matches_data(cfg, unet_cfg, autoencoder):
@@ -103,29 +113,11 @@ def make_data(cfg, per_host_batch: int, workdir):
 # The train state and the step
 # =============================================================================================
 def build_programs(cfg, unet_abstract, mesh, encoders, tx, schedule) -> Programs:
+    """The diffusion phase: the EDM denoising loss (train/loss.py) in the shared step (train/programs.py)."""
     t = cfg.train
     codec = ParamCodec(unet_abstract)
-    keys = codec.keys
-    train_keys = trainable_keys(keys, t.trainable)
-    frozen_keys = [k for k in keys if k not in set(train_keys)]
-    shapes = codec.shapes()
-    sharding_of = shd.param_shardings(codec, keys, mesh)
-    trainable_sh = {k: sharding_of[k] for k in train_keys}
-    frozen_sh = {k: sharding_of[k] for k in frozen_keys}
-    abstract_opt = jax.eval_shape(tx.init, {k: shapes[k] for k in train_keys})
-    opt_sh = opt_state_shardings(abstract_opt, {k: (trainable_sh[k], shapes[k].shape) for k in train_keys}, mesh)
-    rep = shd.replicated(mesh)
-    state_sh = {"params": trainable_sh, "ema": trainable_sh, "opt_state": opt_sh, "step": rep, "skipped": rep}
     dtype = jnp.bfloat16 if t.dtype == "bfloat16" else jnp.float32
-    base_key = jax.random.key(t.seed)
     form = attention_kernel.form_for_mesh(t.attention, mesh)  # the target's attention (models/attention_kernel.py)
-
-    def init_state(trainable):
-        # Jitted with out_shardings so Adam's moments are born sharded like the parameters.
-        return {"params": trainable, "ema": trainable, "opt_state": tx.init(trainable),
-                "step": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
-
-    init_state = jax.jit(init_state, out_shardings=state_sh)
 
     def loss_on(params_train, frozen, batch, key, step):
         unet = codec.merge({**frozen, **params_train})
@@ -134,53 +126,8 @@ def build_programs(cfg, unet_abstract, mesh, encoders, tx, schedule) -> Programs
         return diffusion_loss(unet, batch, key, p_mean=t.p_mean, p_std=t.p_std, cond_dropout=t.cond_dropout,
                               gate_keep=gate_keep_at(t, step), l1_weight=t.l1_weight, dtype=dtype)
 
-    grad_fn = jax.value_and_grad(loss_on, has_aux=True)
-
-    def train_step(state, frozen, batch):
-        step = state["step"]
-        key = jax.random.fold_in(base_key, step)
-        if t.grad_accum == 1:
-            (loss, aux), grads = grad_fn(state["params"], frozen, batch, key, step)
-        else:  # micro-batches in a scan: the summed gradient of equal parts equals the whole batch's
-            k = t.grad_accum
-            micro = jax.tree.map(lambda x: x.reshape(k, x.shape[0] // k, *x.shape[1:]), batch)
-
-            def body(carry, inp):
-                i, mb = inp
-                (l, a), g = grad_fn(state["params"], frozen, mb, jax.random.fold_in(key, i), step)
-                return jax.tree.map(jnp.add, carry, (l, a, g)), None
-
-            zero = jax.tree.map(jnp.zeros_like, (jnp.float32(0), {"denoising_loss": jnp.float32(0),
-                                                                 "sigma_mean": jnp.float32(0)}, state["params"]))
-            (loss, aux, grads), _ = jax.lax.scan(body, zero, (jnp.arange(k), micro))
-            loss, aux, grads = jax.tree.map(lambda x: x / k, (loss, aux, grads))
-        grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        new = {"params": params, "opt_state": opt_state,
-               "ema": ema_update(state["ema"], params,
-                                 ema_decay_at(cfg.optimizer.ema_decay, step, cfg.optimizer.ema_warmup)),
-               "step": step + 1, "skipped": state["skipped"]}
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & tree_finite(params)
-        # A non-finite step changes nothing but the step counter (the policy decides on the host).
-        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, {**state, "step": step + 1})
-        new["skipped"] = state["skipped"] + (~finite).astype(jnp.int32)
-        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(step), "finite": finite, **aux}
-        return new, metrics
-
-    batch_sh = shd.model_batch_shardings(mesh)
-    train_step = jax.jit(train_step, in_shardings=(state_sh, frozen_sh, batch_sh),
-                         out_shardings=(state_sh, rep), donate_argnums=(0,))
-
-    def initial_arrays(unet):
-        params = codec.to_dict(unet)
-        return {k: params[k] for k in train_keys}, {k: params[k] for k in frozen_keys}
-
-    return Programs(codec, train_keys, frozen_keys, init_state, train_step, make_encode(cfg, encoders, mesh), state_sh,
-                    frozen_sh, schedule, abstract_trainable={k: shapes[k] for k in train_keys},
-                    abstract_frozen={k: shapes[k] for k in frozen_keys}, initial_arrays=initial_arrays,
-                    trainable_shardings=trainable_sh,
-                    compiler_options=shd.step_compiler_options(mesh, t.tpu_collective_matmul))
+    return build_loss_programs(cfg, codec, trainable_keys(codec.keys, t.trainable), mesh, tx, schedule, loss_on,
+                               make_encode(cfg, encoders, mesh), shd.model_batch_shardings(mesh))
 
 
 def make_encode(cfg, encoders, mesh):
@@ -208,7 +155,12 @@ def make_encode(cfg, encoders, mesh):
 
 
 def make_programs(cfg, unet_abstract, mesh, encoders) -> Programs:
-    """The programs of the config's phase: diffusion (this file) or adversarial (train/adversarial.py)."""
+    """The programs of the config's phase: diffusion (this file), adversarial (train/adversarial.py) or
+    decoder_distill (train/decoder_distill.py; `unet_abstract` is then the tiny autoencoder)."""
+    if cfg.train.phase == "decoder_distill":
+        return build_decoder_programs(cfg, unet_abstract, mesh, encoders)
+    if cfg.train.phase == "autoencoder":
+        return build_vae_programs(cfg, unet_abstract, mesh)
     if cfg.train.phase == "adversarial":
         return build_adversarial_programs(cfg, unet_abstract, mesh, make_encode(cfg, encoders, mesh))
     tx, schedule = make_optimizer(cfg.optimizer)
@@ -247,6 +199,8 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
     t = cfg.train
     workdir = storage.path(workdir)  # local or gs://bucket/run (mvd_jax/storage.py)
     unet_cfg = dataclasses.replace(unet_config(cfg), num_frames=cfg.frames)
+    distill_decoder = t.phase == "decoder_distill"  # the model trained is the tiny autoencoder, not the UNet
+    train_vae = t.phase == "autoencoder"  # the model trained is the autoencoder itself
     is_main = jax.process_index() == 0
 
     # ---- mesh --------------------------------------------------------------------------------
@@ -259,12 +213,18 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
     # ---- data --------------------------------------------------------------------------------
     workdir.mkdir(parents=True, exist_ok=True)  # only now: a refused config leaves no run directory behind
     autoencoder, image_encoder = build_autoencoder(cfg)
-    check_model_matches_data(cfg, unet_cfg, autoencoder)
+    if not (distill_decoder or train_vae):
+        check_model_matches_data(cfg, unet_cfg, autoencoder)
     loader, cached = make_data(cfg, per_host, workdir)
     data_iter = iter(loader)
 
     # ---- models and optimizer ----------------------------------------------------------------
-    unet_abstract = nnx.eval_shape(lambda: build_unet(unet_cfg, t.seed))
+    if distill_decoder:
+        unet_abstract = nnx.eval_shape(lambda: decoder_distill.build_student(cfg, autoencoder.config))
+    elif train_vae:
+        unet_abstract = nnx.eval_shape(lambda: autoencoder)
+    else:
+        unet_abstract = nnx.eval_shape(lambda: build_unet(unet_cfg, t.seed))
     encoders = None if cached else (autoencoder, image_encoder)
     programs = make_programs(cfg, unet_abstract, mesh, encoders)
     enc_state = None
@@ -281,7 +241,11 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
         state, frozen = restored
         log(f"resumed from step {int(state['step'])} in {workdir / 'checkpoints'}")
     else:
-        if stages.is_run_dir(cfg.init_from):  # the previous stage's run
+        if distill_decoder:
+            unet = decoder_distill.initial_student(cfg, autoencoder.config, log)
+        elif train_vae:
+            unet = autoencoder  # random_vae: its seed; vae / svd: the checkpoint's weights
+        elif stages.is_run_dir(cfg.init_from):  # the previous stage's run
             unet, from_step = stages.init_unet_from_run(cfg, unet_cfg)
             log(f"initialised from {cfg.init_from} (step {from_step}, {'EMA' if cfg.init_ema else 'raw'} weights)")
         elif cfg.init_from:  # SVD's weights
@@ -343,7 +307,7 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
                 t_last, steps_since = time.perf_counter(), 0
             bar.update(1)
             if t.sample_every and done % t.sample_every == 0:
-                _write_sample(cfg, programs, state, frozen, autoencoder, sample_batch, workdir, done, is_main)
+                _write_sample(cfg, programs, state, frozen, autoencoder, sample_batch, workdir, done, is_main, log)
             if done % t.checkpoint_every == 0 or done == t.steps or preempt.requested:
                 manager.save(done, state, frozen, data_iter)
             if preempt.requested:
@@ -353,9 +317,7 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
         bar.close()
         manager.wait()
         if t.sample_at_end and start < t.steps and sample_batch is not None:
-            path = _write_sample(cfg, programs, state, frozen, autoencoder, sample_batch, workdir, t.steps, is_main)
-            if path:
-                log(f"sample video: {path}")
+            _write_sample(cfg, programs, state, frozen, autoencoder, sample_batch, workdir, t.steps, is_main, log)
     finally:
         preempt.restore()
         writer.close()
@@ -365,7 +327,8 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
 
 # Logged as "<name>_avg" too: the mean over the steps since the last log. One step's values swing with
 # its random σ (and, for the discriminator's accuracy, with a batch of a few clips).
-AVERAGED_METRICS = ("loss", "d_loss", "d_accuracy", "g_adversarial", "reconstruction")
+AVERAGED_METRICS = ("loss", "d_loss", "d_accuracy", "g_adversarial", "reconstruction", "pixel_loss", "temporal_loss",
+                    "encoder_loss", "psnr", "kl")
 
 
 def _next_batch(data_iter, mesh, programs, enc_state, step, cached):
@@ -400,13 +363,24 @@ def _gate_metrics(programs, state, frozen):
     return {f"gate_logit_{i}": float(v) for i, v in enumerate(np.asarray(logits))}
 
 
-def _write_sample(cfg, programs, state, frozen, autoencoder, batch, workdir, step, is_main):
+def _write_sample(cfg, programs, state, frozen, autoencoder, batch, workdir, step, is_main, log):
     """A sample video from the EMA parameters: Euler with guidance off, conditioned on the first clip of
-    the first batch; written by process 0 to workdir/samples/step_N.mp4."""
+    the first batch; written by process 0 to workdir/samples/step_N.mp4 (the decoder phase: the teacher's
+    and the student's decode of that clip side by side)."""
     from mvd_jax.diffusion import edm, samplers
     from mvd_jax.video_io import write_video
 
     if jax.process_count() > 1:  # the arrays are not all addressable here; sampling is single-process
+        return None
+    if cfg.train.phase == "decoder_distill":
+        if is_main:
+            path, value = decoder_distill.write_comparison(cfg, programs, state, frozen, batch, workdir, step)
+            log(f"teacher | student video: {path} (PSNR of the student's decode {value:.2f} dB)")
+        return None
+    if cfg.train.phase == "autoencoder":
+        if is_main:
+            path, value = vae_train.write_reconstruction(cfg, programs, state, frozen, batch, workdir, step)
+            log(f"clip | reconstruction video: {path} (PSNR {value:.2f} dB)")
         return None
     unet = programs.codec.merge({**jax.device_get(frozen), **jax.device_get(state["ema"])})
     first = jax.tree.map(lambda x: np.asarray(jax.device_get(x))[:1], batch)
@@ -431,4 +405,5 @@ def _write_sample(cfg, programs, state, frozen, autoencoder, batch, workdir, ste
     target = workdir / "samples" / f"step_{step:07d}.mp4"
     with storage.local_file_for(target) as local:  # PyAV writes a real file; copied up for gs:// workdirs
         write_video(local, frames, int(round(cfg.data.fps or 7)))
+    log(f"sample video: {target}")
     return target
