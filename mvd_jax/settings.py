@@ -652,11 +652,11 @@ def latent_geometry(cfg) -> tuple[int, int]:
             return vae.downsampling_factor, vae.latent_channels
         return 8, 4
     if a.kind in ("random_vae", "vae"):
-        from mvd_jax.train.vae_train import vae_config_of
+        from mvd_jax.convert.diffusers_vae import autoencoder_vae_config
 
         if a.kind == "vae" and not a.checkpoint:
             raise UserError("autoencoder.kind 'vae' needs autoencoder.checkpoint: a VAE folder or an autoencoder run")
-        vae = vae_config_of(cfg)
+        vae = autoencoder_vae_config(a)
         return vae.downsampling_factor, vae.latent_channels
     return a.pixel_factor, 3 * a.pixel_factor ** 2
 

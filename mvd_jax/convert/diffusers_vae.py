@@ -44,3 +44,26 @@ def save_vae_diffusers(model: AutoencoderKLTemporalDecoder, out_dir, *, float16:
     """Writes config.json + diffusion_pytorch_model[.fp16].safetensors that diffusers' from_pretrained reads."""
     config = {"_class_name": DIFFUSERS_CLASS, **model.config.to_diffusers_dict()}
     return save_module(model, out_dir, WEIGHTS_NAME, config, float16=float16)
+
+
+def vae_folder(path) -> Path:
+    """A diffusers VAE folder: `path` itself, or its vae/ (an SVD pipeline folder)."""
+    folder = storage.path(path)
+    return folder / "vae" if (folder / "vae" / "config.json").is_file() else folder
+
+
+def autoencoder_vae_config(a) -> VAEConfig:
+    """The VAEConfig an experiment config's `autoencoder` section names, without loading weights: kind
+    'random_vae' from its vae_* keys; 'vae' from its checkpoint (a VAE folder, or an autoencoder-phase run
+    directory: that run's own autoencoder section); 'svd' from the pipeline folder's vae/."""
+    import json
+
+    if a["kind"] == "random_vae":
+        blocks = tuple(a["vae_block_out_channels"])
+        return VAEConfig(block_out_channels=blocks, layers_per_block=a["vae_layers_per_block"],
+                         latent_channels=a["vae_latent_channels"], scaling_factor=a["vae_scaling_factor"],
+                         down_block_types=("DownEncoderBlock2D",) * len(blocks))
+    run_config = storage.path(a["checkpoint"]) / "checkpoints" / "config.json"
+    if a["kind"] == "vae" and run_config.is_file():
+        return autoencoder_vae_config(json.loads(run_config.read_text())["autoencoder"])
+    return read_vae_config(vae_folder(a["checkpoint"]))

@@ -72,10 +72,10 @@ def build_autoencoder(cfg):
                             num_attention_heads=a.clip_heads, image_size=224, patch_size=a.clip_patch_size)
     image_encoder = CLIPVisionModelWithProjection(clip, rngs=nnx.Rngs(a.clip_seed))
     if a.kind == "random_vae":  # SVD's VAE structure, random weights (what the autoencoder phase starts from)
+        from mvd_jax.convert.diffusers_vae import autoencoder_vae_config
         from mvd_jax.models.vae import AutoencoderKLTemporalDecoder
-        from mvd_jax.train.vae_train import random_vae_config
 
-        return AutoencoderKLTemporalDecoder(random_vae_config(a), rngs=nnx.Rngs(a.vae_seed)), image_encoder
+        return AutoencoderKLTemporalDecoder(autoencoder_vae_config(a), rngs=nnx.Rngs(a.vae_seed)), image_encoder
     if a.kind == "vae":  # a VAE folder or an autoencoder-phase run, with the stand-in CLIP
         from mvd_jax.train.vae_train import load_vae_checkpoint
 

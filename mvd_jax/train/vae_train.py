@@ -83,37 +83,16 @@ def write_reconstruction(cfg, programs, state, frozen, batch, workdir, step):
 
 
 # ---- where a config's VAE comes from -------------------------------------------------------------------
-def random_vae_config(a):
-    """autoencoder.kind 'random_vae': SVD's VAE structure at the vae_* sizes."""
-    from mvd_jax.models.vae import VAEConfig
-
-    return VAEConfig(block_out_channels=tuple(a.vae_block_out_channels), layers_per_block=a.vae_layers_per_block,
-                     latent_channels=a.vae_latent_channels, scaling_factor=a.vae_scaling_factor,
-                     down_block_types=("DownEncoderBlock2D",) * len(a.vae_block_out_channels))
-
-
-def _vae_folder(path):
-    """A diffusers VAE folder: `path` itself, or its vae/ (an SVD pipeline folder)."""
-    folder = storage.path(path)
-    return folder / "vae" if (folder / "vae" / "config.json").is_file() else folder
-
-
 def vae_config_of(cfg):
     """The VAEConfig of a config's autoencoder without loading weights (kinds random_vae, vae, svd)."""
-    from mvd_jax.convert.diffusers_vae import read_vae_config
-    from mvd_jax.train import stages
+    from mvd_jax.convert.diffusers_vae import autoencoder_vae_config
 
-    a = cfg.autoencoder
-    if a.kind == "random_vae":
-        return random_vae_config(a)
-    if a.kind == "vae" and stages.is_run_dir(a.checkpoint):
-        return vae_config_of(stages.read_run_config(a.checkpoint))
-    return read_vae_config(_vae_folder(a.checkpoint))
+    return autoencoder_vae_config(cfg.autoencoder)
 
 
 def load_vae_checkpoint(path):
     """autoencoder.kind 'vae': a diffusers VAE folder (or a pipeline folder's vae/), or an autoencoder-phase run."""
-    from mvd_jax.convert.diffusers_vae import load_vae
+    from mvd_jax.convert.diffusers_vae import load_vae, vae_folder
     from mvd_jax.errors import UserError
     from mvd_jax.train import stages
 
@@ -121,7 +100,7 @@ def load_vae_checkpoint(path):
         raise UserError("autoencoder.kind 'vae' needs autoencoder.checkpoint: a VAE folder or an autoencoder run")
     if stages.is_run_dir(path):
         return read_run_vae(path)[0]
-    return load_vae(_vae_folder(path))
+    return load_vae(vae_folder(path))
 
 
 def read_run_vae(run_dir, *, use_ema: bool = True):
