@@ -69,7 +69,12 @@ def load_sources(args, components) -> Sources:
     from mvd_jax.train.stages import is_run_dir, read_run_unet
 
     s = Sources()
-    tiny_run = _tiny_source(args.decoder)[1] if args.decoder else None
+    tiny_run = None
+    if args.decoder:
+        from mvd_jax.train.decoder_distill import tiny_decoder_location
+
+        where, is_run = tiny_decoder_location(args.decoder)
+        tiny_run = where if is_run else None
     run = args.run or (args.unet if args.unet and is_run_dir(args.unet) else None) or tiny_run
     if args.run and not is_run_dir(args.run):
         raise UserError(f"--run {args.run} is not a trainer run directory (no checkpoints/config.json)")
@@ -115,7 +120,9 @@ def load_sources(args, components) -> Sources:
     if "vae_decoder_tiny" in components:
         if not args.decoder:
             raise UserError("exporting vae_decoder_tiny needs --decoder tiny:RUN_DIR_OR_FOLDER")
-        s.tiny = _load_tiny(args.decoder)
+        from mvd_jax.train.decoder_distill import load_tiny_decoder
+
+        s.tiny = load_tiny_decoder(args.decoder)
         teacher = s.vae
         if teacher is None and s.run_config is not None:
             from mvd_jax.train.trainer import build_autoencoder
@@ -126,31 +133,6 @@ def load_sources(args, components) -> Sources:
 
             check_matches_teacher(s.tiny.config, teacher.config, f"--decoder {args.decoder}")
     return s
-
-
-def _tiny_source(spec: str) -> tuple[str, str | None]:
-    """(where, the run directory if it is one) of --decoder tiny:X."""
-    from mvd_jax.train.stages import is_run_dir
-
-    kind, _, where = spec.partition(":")
-    if kind != "tiny" or not where:
-        raise UserError(f"--decoder takes 'tiny:RUN_DIR_OR_FOLDER', got {spec!r}")
-    if is_run_dir(where):
-        return where, where
-    if not (Path(where) / "config.json").is_file():
-        raise UserError(f"--decoder {spec}: {where} is neither a decoder run directory nor an AutoencoderTiny folder")
-    return where, None
-
-
-def _load_tiny(spec: str):
-    where, run = _tiny_source(spec)
-    if run:
-        from mvd_jax.train.decoder_distill import read_run_tiny_autoencoder
-
-        return read_run_tiny_autoencoder(run)[0]
-    from mvd_jax.convert.diffusers_tiny_autoencoder import load_tiny_autoencoder
-
-    return load_tiny_autoencoder(where)
 
 
 def geometry(args, s: Sources) -> dict:

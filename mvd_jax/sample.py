@@ -51,23 +51,11 @@ def _load_unet(path):
 
 def _load_decoder(spec: str):
     """`vae` → None (the VAE's own decoder); `tiny:X` → the tiny autoencoder of run directory / folder X."""
-    from mvd_jax import storage
-    from mvd_jax.train.stages import is_run_dir
-
     if spec == "vae":
         return None
-    kind, _, where = spec.partition(":")
-    if kind != "tiny" or not where:
-        raise UserError(f"--decoder takes 'vae' or 'tiny:RUN_DIR_OR_FOLDER', got {spec!r}")
-    if is_run_dir(where):
-        from mvd_jax.train.decoder_distill import read_run_tiny_autoencoder
+    from mvd_jax.train.decoder_distill import load_tiny_decoder
 
-        return read_run_tiny_autoencoder(where)[0]
-    if not (storage.path(where) / "config.json").is_file():
-        raise UserError(f"--decoder {spec}: {where} is neither a decoder run directory nor an AutoencoderTiny folder")
-    from mvd_jax.convert.diffusers_tiny_autoencoder import load_tiny_autoencoder
-
-    return load_tiny_autoencoder(where)
+    return load_tiny_decoder(spec, takes="'vae' or 'tiny:RUN_DIR_OR_FOLDER'")
 
 
 def parser() -> ArgumentParser:

@@ -602,11 +602,10 @@ def _check_combinations(cfg) -> None:
         raise UserError(f"the UNet takes {unet.in_channels} channels in and {unet.out_channels} out; the "
                         f"autoencoder gives {channels}-channel latents (in = 2·{channels}, out = {channels})")
     if a.kind == "random_vae":
-        from mvd_jax.models.vae import VAEConfig
+        from mvd_jax.convert.diffusers_vae import autoencoder_vae_config
 
         try:
-            VAEConfig(block_out_channels=tuple(a.vae_block_out_channels),
-                      down_block_types=("DownEncoderBlock2D",) * len(a.vae_block_out_channels))
+            autoencoder_vae_config(a)
         except UserError as e:
             raise UserError(f"autoencoder.vae_block_out_channels: {e}") from None
     if a.kind in ("pixel", "random_vae", "vae"):  # the stand-in CLIP (train/trainer.py build_autoencoder)

@@ -131,9 +131,8 @@ def decoder_rows(latency_file: str | None = DECODER_LATENCY) -> list[dict]:
         with open(latency_file) as fh:
             for r in json.load(fh)["rows"]:
                 latency[(r["decoder"], r["width"], r["height"])] = r
-    rows = []
+    rows, models = [], decoder_models()
     for w, h in DECODER_SIZES:
-        models = decoder_models()
         size_rows = [decoder_row(n, m, frames=DECODER_FRAMES, height=h, width=w) for n, m in models.items()]
         base = size_rows[0]["tflops"]
         for r in size_rows:

@@ -28,10 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mvd_jax import storage
 from mvd_jax.errors import UserError
 from mvd_jax.models.tiny_autoencoder import TinyAutoencoder, TinyAutoencoderConfig
 from mvd_jax.train import sharding as shd
+from mvd_jax.train.metrics import psnr, write_sample_video
 from mvd_jax.train.model_state import ParamCodec, make_optimizer, trainable_keys
 from mvd_jax.train.programs import Programs, build_loss_programs
 
@@ -78,6 +78,7 @@ def initial_student(cfg, teacher_config, log=print):
 
         source = load_tiny_autoencoder(cfg.init_from)
         log(f"initialised from the AutoencoderTiny folder {cfg.init_from}")
+    from mvd_jax.convert.diffusers_tiny_autoencoder import abstract_tiny_autoencoder
     from mvd_jax.models.tensors import module_from_tensors, module_to_tensors
 
     target = fresh.config
@@ -87,7 +88,7 @@ def initial_student(cfg, teacher_config, log=print):
     tensors = {**module_to_tensors(fresh), **module_to_tensors(source)}  # zero temporal mixers where it has none
     if not target.temporal_mixing:
         tensors = {k: v for k, v in tensors.items() if "time_mixers" not in k}
-    return module_from_tensors(nnx.eval_shape(lambda: build_student(cfg, teacher_config)), tensors)
+    return module_from_tensors(abstract_tiny_autoencoder(target), tensors)
 
 
 def read_run_tiny_autoencoder(run_dir, *, use_ema: bool = True):
@@ -99,11 +100,37 @@ def read_run_tiny_autoencoder(run_dir, *, use_ema: bool = True):
     params, cfg, step = stages.read_run_params(run_dir, use_ema=use_ema)
     if cfg.train.phase != "decoder_distill":
         raise UserError(f"{run_dir} is a {cfg.train.phase!r} run, not a tiny decoder (train.phase decoder_distill)")
+    from mvd_jax.convert.diffusers_tiny_autoencoder import abstract_tiny_autoencoder
     from mvd_jax.settings import latent_geometry
 
-    config = tiny_config(cfg, latent_geometry(cfg)[1])
-    codec = ParamCodec(nnx.eval_shape(lambda: TinyAutoencoder(config, rngs=nnx.Rngs(0))))
+    codec = ParamCodec(abstract_tiny_autoencoder(tiny_config(cfg, latent_geometry(cfg)[1])))
     return stages.module_from_params(codec, params, run_dir), cfg, step
+
+
+def tiny_decoder_location(spec: str, takes: str = "'tiny:RUN_DIR_OR_FOLDER'") -> tuple[str, bool]:
+    """(X, whether X is a decoder run directory) of a `--decoder tiny:X` option (the sampler's and the
+    exporter's); one clear error for another form or an X that is neither a run nor an AutoencoderTiny folder."""
+    from mvd_jax import storage
+    from mvd_jax.train import stages
+
+    kind, _, where = spec.partition(":")
+    if kind != "tiny" or not where:
+        raise UserError(f"--decoder takes {takes}, got {spec!r}")
+    if stages.is_run_dir(where):
+        return where, True
+    if not (storage.path(where) / "config.json").is_file():
+        raise UserError(f"--decoder {spec}: {where} is neither a decoder run directory nor an AutoencoderTiny folder")
+    return where, False
+
+
+def load_tiny_decoder(spec: str, takes: str = "'tiny:RUN_DIR_OR_FOLDER'") -> TinyAutoencoder:
+    """The tiny autoencoder a `--decoder tiny:X` option names: a decoder run's EMA weights, or a folder's."""
+    where, is_run = tiny_decoder_location(spec, takes)
+    if is_run:
+        return read_run_tiny_autoencoder(where)[0]
+    from mvd_jax.convert.diffusers_tiny_autoencoder import load_tiny_autoencoder
+
+    return load_tiny_autoencoder(where)
 
 
 # ---- the step ------------------------------------------------------------------------------------
@@ -122,11 +149,6 @@ def student_decode(student, latents):
     b, t = latents.shape[:2]
     x = student.decode(latents.reshape(b * t, *latents.shape[2:]), t)
     return x.reshape(b, t, *x.shape[1:])
-
-
-def psnr(x, y):
-    """PSNR (dB) of frames in [−1, 1] (peak-to-peak 2) against a reference."""
-    return 10.0 * jnp.log10(4.0 / jnp.maximum(jnp.mean((x - y) ** 2), 1e-12))
 
 
 def distill_losses(student, batch, ta):
@@ -184,14 +206,10 @@ def build_decoder_programs(cfg, student_abstract, mesh, encoders) -> Programs:
 def write_comparison(cfg, programs, state, frozen, batch, workdir, step):
     """workdir/samples/step_N.mp4: the teacher's decode (left) beside the student's EMA decode (right) of the
     first clip of the first batch; returns (path, PSNR of student vs teacher on it)."""
-    from mvd_jax.video_io import write_video
-
     student = programs.codec.merge({**jax.device_get(frozen), **jax.device_get(state["ema"])})
     latents = jnp.asarray(np.asarray(jax.device_get(batch["latents"]))[:1])
     target = np.asarray(jax.device_get(batch["target"]))[:1]
     x = np.asarray(nnx.jit(student_decode)(student, latents))
     side = np.concatenate([target[0], x[0]], axis=2)  # (T, H, 2W, 3)
-    path = workdir / "samples" / f"step_{step:07d}.mp4"
-    with storage.local_file_for(path) as local:
-        write_video(local, np.clip(side / 2 + 0.5, 0, 1), int(round(cfg.data.fps or 7)))
-    return path, float(psnr(jnp.asarray(x), jnp.asarray(target)))
+    path = write_sample_video(cfg, workdir, step, np.clip(side / 2 + 0.5, 0, 1))
+    return path, float(psnr(x, target))

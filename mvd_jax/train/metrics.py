@@ -1,11 +1,15 @@
 """Training metrics: one JSON object per logged step in workdir/metrics.jsonl and TensorBoard event
 files in workdir/tensorboard (tensorboardX: no TensorFlow needed; it writes gs:// itself). Only process
 0 writes. Objects in a bucket cannot be appended to, so for a gs:// workdir the log is kept in memory
-(seeded with what a resumed run already wrote) and the object is rewritten at every logged step."""
+(seeded with what a resumed run already wrote) and the object is rewritten at every logged step.
+Also what every phase's samples share: PSNR of frames in [−1, 1] and the workdir/samples/step_N.mp4 file."""
 from __future__ import annotations
 
 import json
 import math
+
+import jax.numpy as jnp
+import numpy as np
 
 from mvd_jax import storage
 
@@ -58,3 +62,19 @@ class MetricWriter:
 def read_metrics(workdir) -> list[dict]:
     path = storage.path(workdir) / METRICS_FILE
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def psnr(x, y):
+    """PSNR (dB) of frames in [−1, 1] (peak-to-peak 2) against a reference."""
+    return 10.0 * jnp.log10(4.0 / jnp.maximum(jnp.mean((jnp.asarray(x) - jnp.asarray(y)) ** 2), 1e-12))
+
+
+def write_sample_video(cfg, workdir, step: int, frames):
+    """frames (T, H, W, 3) in [0, 1] → workdir/samples/step_N.mp4 at the config's fps; returns the path. PyAV
+    writes a real file, copied up for gs:// workdirs."""
+    from mvd_jax.video_io import write_video
+
+    path = workdir / "samples" / f"step_{step:07d}.mp4"
+    with storage.local_file_for(path) as local:
+        write_video(local, np.asarray(frames), int(round(cfg.data.fps or 7)))
+    return path

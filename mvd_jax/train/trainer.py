@@ -35,7 +35,7 @@ from mvd_jax.train import vae_train
 from mvd_jax.train.vae_train import build_vae_programs
 from mvd_jax.train.compile_report import compiled_report, format_attention, format_report, write_report
 from mvd_jax.train.loss import diffusion_loss
-from mvd_jax.train.metrics import MetricWriter
+from mvd_jax.train.metrics import MetricWriter, write_sample_video
 from mvd_jax.train.model_state import (
     ParamCodec,
     build_unet,
@@ -368,7 +368,6 @@ def _write_sample(cfg, programs, state, frozen, autoencoder, batch, workdir, ste
     the first batch; written by process 0 to workdir/samples/step_N.mp4 (the decoder phase: the teacher's
     and the student's decode of that clip side by side)."""
     from mvd_jax.diffusion import edm, samplers
-    from mvd_jax.video_io import write_video
 
     if jax.process_count() > 1:  # the arrays are not all addressable here; sampling is single-process
         return None
@@ -402,8 +401,6 @@ def _write_sample(cfg, programs, state, frozen, autoencoder, batch, workdir, ste
     frames = np.asarray(jnp.clip(autoencoder.decode(z, t) / 2 + 0.5, 0, 1))
     if not is_main:
         return None
-    target = workdir / "samples" / f"step_{step:07d}.mp4"
-    with storage.local_file_for(target) as local:  # PyAV writes a real file; copied up for gs:// workdirs
-        write_video(local, frames, int(round(cfg.data.fps or 7)))
+    target = write_sample_video(cfg, workdir, step, frames)
     log(f"sample video: {target}")
     return target

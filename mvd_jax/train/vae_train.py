@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mvd_jax import storage
 from mvd_jax.train import sharding as shd
+from mvd_jax.train.metrics import psnr, write_sample_video
 from mvd_jax.train.model_state import ParamCodec, make_optimizer
 from mvd_jax.train.programs import Programs, build_loss_programs
 
@@ -34,8 +34,7 @@ def vae_losses(vae, video, key, kl_weight: float):
     x, mean, logvar = reconstruct(vae, video, key)
     l1 = jnp.mean(jnp.abs(x - video))
     kl = 0.5 * jnp.mean(mean ** 2 + jnp.exp(logvar) - 1.0 - logvar)
-    mse = jnp.mean((x - video) ** 2)
-    return l1 + kl_weight * kl, {"reconstruction": l1, "kl": kl, "psnr": 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-12))}
+    return l1 + kl_weight * kl, {"reconstruction": l1, "kl": kl, "psnr": psnr(x, video)}
 
 
 def build_vae_programs(cfg, vae_abstract, mesh) -> Programs:
@@ -62,8 +61,6 @@ def build_vae_programs(cfg, vae_abstract, mesh) -> Programs:
 def write_reconstruction(cfg, programs, state, frozen, batch, workdir, step):
     """workdir/samples/step_N.mp4: the first clip (left) beside its reconstruction by the EMA weights
     (posterior mode, right); returns (path, its PSNR)."""
-    from mvd_jax.video_io import write_video
-
     vae = programs.codec.merge({**jax.device_get(frozen), **jax.device_get(state["ema"])})
     video = jnp.asarray(np.asarray(jax.device_get(batch["video"]))[:1])
 
@@ -75,21 +72,11 @@ def write_reconstruction(cfg, programs, state, frozen, batch, workdir, step):
 
     x = np.asarray(mode_reconstruction(vae, video))
     v = np.asarray(video)
-    path = workdir / "samples" / f"step_{step:07d}.mp4"
-    with storage.local_file_for(path) as local:
-        write_video(local, np.clip(np.concatenate([v[0], x[0]], axis=2) / 2 + 0.5, 0, 1),
-                    int(round(cfg.data.fps or 7)))
-    return path, float(10 * np.log10(4.0 / max(np.mean((x - v) ** 2), 1e-12)))
+    path = write_sample_video(cfg, workdir, step, np.clip(np.concatenate([v[0], x[0]], axis=2) / 2 + 0.5, 0, 1))
+    return path, float(psnr(x, v))
 
 
 # ---- where a config's VAE comes from -------------------------------------------------------------------
-def vae_config_of(cfg):
-    """The VAEConfig of a config's autoencoder without loading weights (kinds random_vae, vae, svd)."""
-    from mvd_jax.convert.diffusers_vae import autoencoder_vae_config
-
-    return autoencoder_vae_config(cfg.autoencoder)
-
-
 def load_vae_checkpoint(path):
     """autoencoder.kind 'vae': a diffusers VAE folder (or a pipeline folder's vae/), or an autoencoder-phase run."""
     from mvd_jax.convert.diffusers_vae import load_vae, vae_folder
@@ -105,12 +92,12 @@ def load_vae_checkpoint(path):
 
 def read_run_vae(run_dir, *, use_ema: bool = True):
     """(an autoencoder-phase run's VAE at its latest checkpoint, the run's config, the step)."""
-    from mvd_jax.convert.diffusers_vae import abstract_vae
+    from mvd_jax.convert.diffusers_vae import abstract_vae, autoencoder_vae_config
     from mvd_jax.errors import UserError
     from mvd_jax.train import stages
 
     params, cfg, step = stages.read_run_params(run_dir, use_ema=use_ema)
     if cfg.train.phase != "autoencoder":
         raise UserError(f"{run_dir} is a {cfg.train.phase!r} run, not an autoencoder (train.phase autoencoder)")
-    codec = ParamCodec(abstract_vae(vae_config_of(cfg)))
+    codec = ParamCodec(abstract_vae(autoencoder_vae_config(cfg.autoencoder)))
     return stages.module_from_params(codec, params, run_dir), cfg, step
