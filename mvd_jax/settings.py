@@ -254,6 +254,7 @@ KNOWN_KEYS = {
     "optimizer": "AdamW, warm-up, clipping, EMA",
     "adversarial": "the single-step adversarial phase: D heads, σ sets, losses, G/D optimizers",
     "tiny_autoencoder": "the tiny (TAESD-style) autoencoder the decoder_distill phase trains, and its losses",
+    "clockwork": "the Clockwork adaptor the clockwork phase distils from the frozen UNet's sampling trajectories",
     "mesh": "device mesh sizes: data, fsdp, tensor (−1 = fill)",
     "init_from": "an SVD diffusers folder, or a previous stage's workdir, to initialise the UNet from",
     "init_ema": "start from the previous stage's EMA weights (True) or its raw weights",
@@ -276,19 +277,24 @@ def defaults() -> ml_collections.ConfigDict:
     # SVD diffusers folder (`checkpoint`); kind "pixel": the parameter-free pixel autoencoder plus a
     # small randomly initialised (fixed) CLIP image encoder — the offline demo's stand-in.
     # pixel_scaling_factor multiplies the pixel latents (as SVD's VAE scales its latents by 0.18215) so their
-    # spread can match the EDM preconditioning's σ_data = 1 (pixel blocks in [−1, 1] have std ≈ 0.5)
+    # spread can match the EDM preconditioning's σ_data = 1 (pixel blocks in [−1, 1] have std ≈ 0.5);
+    # pixel_basis: a .npz (data/pixel_basis.py) that whitens each block's pixels into principal components of
+    # spread 1 (models/pixel_autoencoder.py); "": raw pixel blocks. pixel_channels: how many components the
+    # latents keep, largest first (0: all 3·f²; fewer needs a basis)
     # kind "random_vae": SVD's VAE structure (AutoencoderKLTemporalDecoder) at the vae_* sizes with random
     # weights (vae_seed) and the stand-in CLIP — where train.phase "autoencoder" starts a VAE of its own; kind
     # "vae": `checkpoint` is a VAE folder (or an autoencoder-phase run) and the stand-in CLIP. kl_weight: the
     # autoencoder phase's KL term (train/vae_train.py)
-    c.autoencoder = dict(kind="pixel", checkpoint="", pixel_factor=4, pixel_scaling_factor=1.0, clip_hidden_size=32,
-                         clip_layers=1, clip_heads=2, clip_patch_size=32, clip_seed=0,
+    c.autoencoder = dict(kind="pixel", checkpoint="", pixel_factor=4, pixel_scaling_factor=1.0, pixel_basis="", pixel_channels=0,
+                         clip_hidden_size=32, clip_layers=1, clip_heads=2, clip_patch_size=32, clip_seed=0,
                          vae_block_out_channels=(32, 32, 64, 64), vae_layers_per_block=2, vae_latent_channels=4,
                          vae_scaling_factor=0.18215, vae_seed=0, kl_weight=1e-6)
     c.train = dict(
         # diffusion (EDM denoising loss) | adversarial (single-step, train/adversarial.py) | decoder_distill (the
         # tiny autoencoder learns the autoencoder's decodes, train/decoder_distill.py) | autoencoder (the VAE
         # learns to reconstruct clips, train/vae_train.py)
+        # | clockwork (a Clockwork Diffusion adaptor learns the frozen UNet's low-resolution features from the previous
+        # sampling step's, train/clockwork_distill.py)
         phase="diffusion",
         steps=100,
         batch_size=4,  # global
@@ -343,6 +349,17 @@ def defaults() -> ml_collections.ConfigDict:
     # teacher's (0: the encoder is not trained).
     c.tiny_autoencoder = dict(width=64, encoder_blocks=(1, 3, 3, 3), decoder_blocks=(3, 3, 3, 1), temporal_mixing=True,
                               seed=0, pixel_loss="l1", temporal_weight=1.0, encoder_weight=1.0)
+    # Clockwork model-step distillation (train.phase="clockwork", train/clockwork_distill.py; mobilevd_paper.md
+    # §6.2). The adaptor (models/clockwork.py): kind resnet | spatiotemporal ("identity" has nothing to train:
+    # sample with --clockwork identity), cut_level (1: below the UNet's top level, the paper's cut), channels (its
+    # ResBlocks' width; 0: r_out's), num_res_blocks, seed (its initialisation). It learns r_out at step t from
+    # r_out at step t − 1 on the frozen teacher's (init_from) Euler trajectories from σ_max noise over `steps`
+    # Karras levels, with the conditioning of real clips. pairs: consecutive step pairs per batch it learns from
+    # (0: all steps − 1; k: k drawn at random per batch, to bound the features held in memory). The teacher's
+    # guidance: frame-wise CFG from min_guidance_scale to max_guidance_scale (max ≤ 1: off), both branches'
+    # features then training pairs, as the clock sampler runs them. clock: the clock of the phase's sample videos.
+    c.clockwork = dict(kind="resnet", cut_level=1, channels=0, num_res_blocks=2, seed=0, steps=25, pairs=0,
+                       min_guidance_scale=1.0, max_guidance_scale=1.0, clock=2)
     c.optimizer = dict(learning_rate=1e-4, warmup_steps=10, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
                        clip_norm=1.0,  # 0: no clipping
                        ema_decay=0.999,
@@ -354,7 +371,7 @@ def defaults() -> ml_collections.ConfigDict:
     return c
 
 
-SECTIONS = ("data", "autoencoder", "train", "adversarial", "tiny_autoencoder", "optimizer", "mesh")
+SECTIONS = ("data", "autoencoder", "train", "adversarial", "tiny_autoencoder", "clockwork", "optimizer", "mesh")
 TRAINABLE_GROUPS = ("all", "temporal", "gates", "funnels", "funnels_gates", "none")  # train/model_state.py
 MESH_SIZE = Int(1, also=(-1,))  # −1: whatever the devices leave
 UNIT = Float(0, 1)
@@ -385,6 +402,7 @@ RULES: dict[str, Rule] = {
     # ---- autoencoder ----
     "autoencoder.kind": Choice(("pixel", "svd", "random_vae", "vae")), "autoencoder.checkpoint": Text(), "autoencoder.pixel_factor": POSITIVE,
     "autoencoder.pixel_scaling_factor": Float(0, min_open=True),
+    "autoencoder.pixel_basis": Text(), "autoencoder.pixel_channels": Int(0),
     "autoencoder.clip_hidden_size": POSITIVE, "autoencoder.clip_layers": POSITIVE, "autoencoder.clip_heads": POSITIVE,
     "autoencoder.clip_patch_size": Int(1, 224),  # the stand-in CLIP sees 224×224 images
     "autoencoder.clip_seed": SEED, "autoencoder.vae_block_out_channels": Each(POSITIVE),
@@ -392,7 +410,7 @@ RULES: dict[str, Rule] = {
     "autoencoder.vae_scaling_factor": Float(0, min_open=True), "autoencoder.vae_seed": SEED,
     "autoencoder.kl_weight": Float(min=0),
     # ---- train ----
-    "train.phase": Choice(("diffusion", "adversarial", "decoder_distill", "autoencoder")),
+    "train.phase": Choice(("diffusion", "adversarial", "decoder_distill", "autoencoder", "clockwork")),
     "train.steps": Int(1, 2**31 - 1),  # the step counter is an int32 in the compiled step
     "train.batch_size": POSITIVE, "train.seed": SEED, "train.p_mean": Float(), "train.p_std": Float(min=0, min_open=True), "train.cond_dropout": UNIT,
     "train.noise_aug_p_mean": Float(), "train.noise_aug_p_std": Float(min=0),
@@ -419,6 +437,11 @@ RULES: dict[str, Rule] = {
     "tiny_autoencoder.decoder_blocks": Each(Int(0)), "tiny_autoencoder.temporal_mixing": Flag(),
     "tiny_autoencoder.seed": SEED, "tiny_autoencoder.pixel_loss": Choice(("l1", "l2")),
     "tiny_autoencoder.temporal_weight": Float(min=0), "tiny_autoencoder.encoder_weight": Float(min=0),
+    # ---- clockwork (the kinds: models/clockwork.py ADAPTOR_KINDS) ----
+    "clockwork.kind": Choice(("resnet", "spatiotemporal", "identity")), "clockwork.cut_level": POSITIVE,
+    "clockwork.channels": Int(0), "clockwork.num_res_blocks": POSITIVE, "clockwork.seed": SEED,
+    "clockwork.steps": Int(2, 1000), "clockwork.pairs": Int(0), "clockwork.min_guidance_scale": Float(min=0),
+    "clockwork.max_guidance_scale": Float(min=0), "clockwork.clock": POSITIVE,
     # ---- optimizer ----
     "optimizer.learning_rate": Float(min=0), "optimizer.warmup_steps": Int(0), "optimizer.b1": BETA,
     "optimizer.b2": BETA, "optimizer.eps": Float(min=0, min_open=True), "optimizer.weight_decay": Float(min=0),
@@ -615,11 +638,36 @@ def _check_combinations(cfg) -> None:
                              num_attention_heads=a.clip_heads, image_size=224, patch_size=a.clip_patch_size)
         except UserError as e:
             raise UserError(f"autoencoder: {e}") from None
+    if t.phase == "clockwork":
+        _check_clockwork(cfg, unet)
     if t.phase == "adversarial":
         try:
             DiscriminatorConfig(**_to_plain(cfg.adversarial.discriminator))
         except UserError as e:
             raise UserError(f"adversarial.discriminator: {e}") from None
+
+
+def _check_clockwork(cfg, unet: UNetConfig) -> None:
+    from mvd_jax.models.clockwork import ClockworkConfig
+
+    cw = cfg.clockwork
+    if cw.kind == "identity":
+        raise UserError("clockwork.kind 'identity' has no parameters to train (sample with --clockwork identity); "
+                        "the clockwork phase trains 'resnet' or 'spatiotemporal'")
+    if unet.temporal_gating is not None:
+        raise UserError("train.phase 'clockwork' distils a finished UNet: model.temporal_gating must be None "
+                        "(prune the gated blocks first)")
+    levels = len(unet.block_out_channels)
+    if not 1 <= cw.cut_level <= levels - 1:
+        raise UserError(f"clockwork.cut_level must be in 1..{levels - 1} for this UNet ({levels} resolution levels; "
+                        f"the cut sits below level cut_level − 1), got {cw.cut_level}")
+    if cw.pairs > cw.steps - 1:
+        raise UserError(f"clockwork.pairs must be ≤ clockwork.steps − 1 = {cw.steps - 1} (the consecutive step pairs "
+                        f"of a trajectory; 0: all of them), got {cw.pairs}")
+    try:
+        ClockworkConfig.for_unet(unet, cw.kind, cw.cut_level, cw.channels or None, cw.num_res_blocks)
+    except UserError as e:
+        raise UserError(f"clockwork: {e}") from None
 
 
 def _check_tiny_autoencoder(cfg, factor: int) -> None:
@@ -657,7 +705,13 @@ def latent_geometry(cfg) -> tuple[int, int]:
             raise UserError("autoencoder.kind 'vae' needs autoencoder.checkpoint: a VAE folder or an autoencoder run")
         vae = autoencoder_vae_config(a)
         return vae.downsampling_factor, vae.latent_channels
-    return a.pixel_factor, 3 * a.pixel_factor ** 2
+    if a.pixel_channels and not a.pixel_basis:
+        raise UserError(f"autoencoder.pixel_channels {a.pixel_channels} needs autoencoder.pixel_basis (which "
+                        f"components to keep)")
+    if a.pixel_channels > 3 * a.pixel_factor ** 2:
+        raise UserError(f"autoencoder.pixel_channels {a.pixel_channels} > the {3 * a.pixel_factor ** 2} pixels of a "
+                        f"{a.pixel_factor}×{a.pixel_factor} RGB block")
+    return a.pixel_factor, a.pixel_channels or 3 * a.pixel_factor ** 2
 
 
 # =============================================================================================

@@ -3,6 +3,8 @@
     python -m mvd_jax.tables                       # every config in configs/paper/
     python -m mvd_jax.tables --configs=configs/paper/svd_512x256.py --format=json
     python -m mvd_jax.tables --results RUNS/       # + UCF-101 FVDs, the paper's numbers beside ours
+    python -m mvd_jax.tables --decoders            # SVD's VAE decoder vs the tiny decoder, per clip
+    python -m mvd_jax.tables --clockwork           # TFLOPs per sampled clip under Clockwork's clock schedule
 
 Nothing is materialised: the UNet is built with `nnx.eval_shape` and its forward traced on
 ShapeDtypeStructs. `tflops` is the paper's convention (2 × multiply-adds of every conv and matmul,
@@ -155,6 +157,67 @@ def format_decoder_table(rows: list[dict]) -> str:
     sources = sorted({r["latency_source"] for r in rows if r["latency_source"]})
     note = ("TFLOPs to decode one 14-frame clip (paper convention, as the UNet table); params of the decoder "
             "half. Latency: " + ("; ".join(sources) if sources else "not measured (bench/decoder_latency.py)"))
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, lines), "", note])
+
+
+# ---- Clockwork: TFLOPs per sampled clip under the clock schedule (issue 23) ------------------------------
+CLOCKWORK_CONFIGS = ("svd_512x256", "svd_1024x576")  # configs/paper/ rows the Clockwork table runs
+CLOCKWORK_STEPS = 25
+CLOCKWORK_CLOCKS = (2, 4)
+CLOCKWORK_ADAPTORS = ("identity", "resnet", "spatiotemporal")
+
+
+def clockwork_rows(specs: list[str] | None = None, *, steps: int = CLOCKWORK_STEPS, clocks=CLOCKWORK_CLOCKS,
+                   adaptors=CLOCKWORK_ADAPTORS, cut_level: int = 1, guidance: bool = True) -> list[dict]:
+    """Per config (default: SVD at 512×256 and 1024×576) the plain sampler and each adaptor at each clock: the
+    UNet's (and adaptor's) TFLOPs to sample one clip with `steps` Euler steps, with guidance (each step one
+    evaluation of 2 clips). Counted from the jaxprs of the split UNet's parts (eval/flops.split_flops); the
+    sampler's adaptors are abstract fresh ones (models/clockwork.py), so their FLOPs are a trained one's."""
+    from mvd_jax.eval.flops import clock_flops, split_flops
+    from mvd_jax.models.clockwork import ClockworkConfig, abstract_adaptor
+
+    specs = specs or [os.path.join(PAPER_CONFIG_DIR, name + ".py") for name in CLOCKWORK_CONFIGS]
+    rows = []
+    for spec in specs:
+        config, name = load_config(spec), _stem(spec)
+        cfg = unet_config(config)
+        scale = config.get("vae_scale_factor", 8)
+        b = config.get("batch", 1)
+        modules = [abstract_adaptor(ClockworkConfig.for_unet(cfg, kind, cut_level)) for kind in adaptors]
+        split = split_flops(abstract_unet(cfg), batch=b * (2 if guidance else 1), frames=config.frames,
+                            height=config.height // scale, width=config.width // scale, cut_level=cut_level,
+                            adaptors=modules)
+        base = {"config": name, "frames": config.frames, "height": config.height, "width": config.width, "batch": b,
+                "steps": steps, "guidance": guidance, "cut_level": cut_level,
+                "low_share": split["low"] / split["forward"]}
+        plain = clock_flops(split, 0.0, steps=steps, clock=1)
+        rows.append({**base, "adaptor": "none (plain)", "adaptor_params": 0, "clock": 1, "full_steps": steps,
+                     "adaptor_tflops": 0.0, "tflops": plain["total"] / 1e12, "plain_tflops": plain["plain"] / 1e12,
+                     "saving": plain["saving"]})
+        for kind, module, adaptor_flops in zip(adaptors, modules, split["adaptors"]):
+            params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+            for clock in clocks:
+                n = clock_flops(split, adaptor_flops, steps=steps, clock=clock)
+                rows.append({**base, "adaptor": kind, "adaptor_params": params, "clock": clock,
+                             "full_steps": n["full_steps"], "adaptor_tflops": adaptor_flops / 1e12,
+                             "tflops": n["total"] / 1e12, "plain_tflops": n["plain"] / 1e12, "saving": n["saving"]})
+    return rows
+
+
+def format_clockwork_table(rows: list[dict]) -> str:
+    head = ["config", "size (W×H)", "adaptor", "params", "clock", "full steps", "TFLOPs / clip", "vs plain"]
+    lines = [[r["config"], f"{r['width']}×{r['height']}", r["adaptor"], f"{r['adaptor_params']:,}", str(r["clock"]),
+              f"{r['full_steps']}/{r['steps']}", f"{r['tflops']:.1f}",
+              f"{100 * (r['tflops'] / r['plain_tflops'] - 1):+.1f}%"] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(head, *lines)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    r0 = rows[0] if rows else {}
+    shares = ", ".join(sorted({f"{r['config']} {100 * r['low_share']:.1f} %" for r in rows}))
+    note = (f"TFLOPs of the UNet and adaptor to sample one {r0.get('frames', 14)}-frame clip: {r0.get('steps')} Euler "
+            f"steps{', each one evaluation of 2 clips (guidance)' if r0.get('guidance') else ''}; the full UNet on "
+            f"the first step and every clock-th, the adaptor between (cut_level {r0.get('cut_level')}). Paper "
+            f"convention (2·MACs of convs and matmuls). Share of the low-resolution part in one forward: {shares}. "
+            f"Clockwork's paper: −32 % for SD's UNet at 8 steps.")
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, lines), "", note])
 
 
@@ -315,6 +378,10 @@ def main(argv=None):
     parser.add_argument("--format", choices=["table", "json"], default="table")
     parser.add_argument("--decoders", action="store_true",
                         help="the decoder table instead: SVD's VAE decoder vs the tiny decoder, per 14-frame clip")
+    parser.add_argument("--clockwork", action="store_true",
+                        help="the Clockwork table instead: TFLOPs per sampled clip (25 steps, guidance) with the plain "
+                             "sampler and with each adaptor at clock 2 and 4; --configs picks the configs (default: "
+                             "SVD at 512×256 and 1024×576)")
     parser.add_argument("--results", default=None,
                         help="folder of ucf101 result.json files: adds FVD columns, the paper's beside ours, and "
                              "writes quality_table.md and quality_table.csv there")
@@ -322,6 +389,10 @@ def main(argv=None):
     if args.decoders:
         rows = decoder_rows()
         print(json.dumps(rows, indent=2) if args.format == "json" else format_decoder_table(rows))
+        return rows
+    if args.clockwork:
+        rows = clockwork_rows(args.configs)
+        print(json.dumps(rows, indent=2) if args.format == "json" else format_clockwork_table(rows))
         return rows
     if args.results:
         return _quality_main(args)

@@ -1,8 +1,8 @@
 """The pretrained demo UNet committed in configs/demo_unet/ (issue 26): the main job's first stage loads it
 strictly into configs/demo.py's model, and it has learned to denoise — on clips of the held-out part of
-the bundled videos its x0 error at σ 1 and 2 (the trainer's units: latents ×2) is well below the error
-of handing back the noisy input and below a random UNet's of the same shape. A checkpoint that was swapped, truncated or never trained
-fails here."""
+the bundled videos its x0 error at σ 1 and 2 (the trainer's units: whitened pixel-block components of spread 1)
+is well below the error of handing back the noisy input and below a random UNet's of the same shape. A
+checkpoint that was swapped, truncated or never trained fails here."""
 import dataclasses
 from pathlib import Path
 
@@ -55,7 +55,7 @@ def test_committed_demo_unet_loads_and_denoises_heldout_clips():
     graphdef, trained_state = nnx.split(trained)
     _, random_state = nnx.split(build_unet(unet_cfg, 0))
     trained_err, random_err = np.asarray(x0_errors(trained_state)), np.asarray(x0_errors(random_state))
-    copy_err = np.asarray(sigmas) / scale  # D(x) = x: the noise, in pixel-latent units
+    copy_err = np.asarray(sigmas) / scale  # D(x) = x: the noise, in the latents' units
     print("x0 error trained", trained_err, "random", random_err, "copy", copy_err)
     assert np.all(trained_err < 0.6 * copy_err), (trained_err, copy_err)
     assert np.all(trained_err < 0.6 * random_err), (trained_err, random_err)

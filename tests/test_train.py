@@ -236,6 +236,71 @@ def test_pixel_scaling_factor_scales_the_latents_only():
     np.testing.assert_array_equal(np.asarray(encoded[2.0]["cond_latent"]), np.asarray(encoded[1.0]["cond_latent"]))
 
 
+def test_pixel_basis_whitens_blocks_and_the_autoencoder_inverts_it_exactly(tmp_path):
+    """data/pixel_basis.py + autoencoder.pixel_basis: on blocks with strongly correlated pixels (as real video's),
+    the fitted basis gives latents of mean 0 and identity covariance (float64, exact up to the eigen-solver), the
+    autoencoder's encode equals (v − mean) @ encode on its blocks in the raw-block channel order, decode inverts
+    it, and the trainer builds it from the .npz (a wrong shape is a clear error)."""
+    import jax.numpy as jnp
+
+    from mvd_jax.data.pixel_basis import block_vectors, fit_basis
+    from mvd_jax.errors import UserError
+    from mvd_jax.models.pixel_autoencoder import PixelAutoencoder, PixelAutoencoderConfig
+    from mvd_jax.settings import load_config, resolve
+    from mvd_jax.train.trainer import build_autoencoder
+
+    rng = np.random.default_rng(7)
+    f, d = 4, 48
+    mixing = rng.standard_normal((d, d)) * np.logspace(0, -2, d)[None, :]  # spreads over two decades
+    # 2000 frames of one 4×4 block each: the blocks' pixels are correlated like real video's
+    frames = (rng.standard_normal((2000, d)) @ mixing.T + 0.3).reshape(2000, f, f, 3)
+    blocks = block_vectors(frames, f)
+    basis = fit_basis(blocks, min_std=1e-6)
+    z = (blocks - basis["mean"]) @ basis["encode"]
+    np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-9)
+    np.testing.assert_allclose(np.cov(z, rowvar=False), np.eye(d), atol=1e-8)
+    np.testing.assert_allclose(basis["encode"] @ basis["decode"], np.eye(d), atol=1e-9)
+    assert np.all(np.diff(basis["std"]) <= 0)
+
+    ae = PixelAutoencoder(PixelAutoencoderConfig(factor=f), basis)
+    tiled = frames[:12].reshape(3, 2, 2, f, f, 3).transpose(0, 1, 3, 2, 4, 5).reshape(3, 2 * f, 2 * f, 3)
+    images = jnp.asarray(tiled, jnp.float32)  # 3 frames of 2×2 blocks
+    latents = np.asarray(ae.encode_mode(images))
+    expected = (block_vectors(tiled, f) - basis["mean"]) @ basis["encode"]
+    np.testing.assert_allclose(latents.reshape(-1, d), expected, rtol=0, atol=1e-3 * np.abs(expected).max())
+    np.testing.assert_allclose(np.asarray(ae.decode(jnp.asarray(latents))), tiled, rtol=0, atol=1e-4)
+
+    # k < 48 components: the first k of the full latents, and decode is the projection on them (the best
+    # rank-k reconstruction of the centred blocks, float64 SVD as the oracle)
+    k = 12
+    truncated = PixelAutoencoder(PixelAutoencoderConfig(factor=f, channels=k), basis)
+    latents_k = np.asarray(truncated.encode_mode(images))
+    np.testing.assert_allclose(latents_k, latents[..., :k], rtol=0, atol=1e-5)
+    centred = block_vectors(tiled, f) - basis["mean"]
+    whitened = centred @ basis["encode"]
+    best = (whitened[:, :k] @ basis["decode"][:k]) + basis["mean"]
+    np.testing.assert_allclose(block_vectors(np.asarray(truncated.decode(jnp.asarray(latents_k))), f), best,
+                               rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="need a basis"):
+        PixelAutoencoder(PixelAutoencoderConfig(factor=f, channels=k))
+
+    cfg = load_config(str(ROOT / "configs" / "demo.py") + ":micro")
+    cfg.autoencoder.pixel_basis = str(tmp_path / "basis.npz")
+    np.savez(cfg.autoencoder.pixel_basis, **basis)
+    built, _ = build_autoencoder(resolve(cfg))
+    np.testing.assert_allclose(np.asarray(built.encode_mode(images)), latents, rtol=0, atol=1e-5)
+    np.savez(cfg.autoencoder.pixel_basis, **{**basis, "encode": basis["encode"][:4]})
+    with pytest.raises(UserError, match="do not fit factor 4"):
+        build_autoencoder(resolve(cfg))
+    cfg.autoencoder.pixel_basis = str(tmp_path / "none.npz")
+    with pytest.raises(UserError, match="is not a file"):
+        build_autoencoder(resolve(cfg))
+    cfg.autoencoder.pixel_basis = ""
+    cfg.autoencoder.pixel_channels = k
+    with pytest.raises(UserError, match="needs autoencoder.pixel_basis"):
+        resolve(cfg)
+
+
 def test_ema_decay_warms_up_like_diffusers_ema_model():
     from mvd_jax.train.model_state import ema_decay_at
 

@@ -7,7 +7,8 @@
         scaling factor; repeated over the T frames and concatenated to the noisy latents by the UNet;
     added time ids: [fps − 1, motion_bucket_id, noise_aug_strength];
     sampling: Euler over Karras σ with frame-wise guidance (samplers.euler_sample), one compiled loop;
-        `steps=1` is the one-step path the adversarially distilled model uses;
+        `steps=1` is the one-step path the adversarially distilled model uses; with a Clockwork adaptor
+        and `clock` N > 1 the full UNet runs every N-th step only (samplers.clockwork_euler_sample);
     decoding: latents / scaling_factor through the temporal VAE decoder, `decode_chunk_size` frames at
         a time (each chunk is its own clip, as in diffusers), then (x + 1)/2 clipped to [0, 1].
 
@@ -29,6 +30,7 @@ from PIL import Image
 from mvd_jax.diffusion import edm, samplers
 from mvd_jax.errors import UserError
 from mvd_jax.models.clip_vision import preprocess_for_clip
+from mvd_jax.models.clockwork import clockwork_parts
 from mvd_jax.models.vae import decode_chunked
 
 PIPELINE_PARTS = ("unet", "vae", "image_encoder")
@@ -47,6 +49,7 @@ class SampleOptions:
     noise_aug_strength: float = 0.02
     decode_chunk_size: int | None = None  # frames per VAE decode call; None = all at once
     seed: int = 0
+    clock: int = 1  # Clockwork: the full UNet every `clock` steps, the pipeline's adaptor between (1: always)
 
 
 def _bound(module, method: str, static_argnums: tuple[int, ...] = ()):
@@ -81,15 +84,20 @@ def check_options(o: SampleOptions, vae_scale: int) -> None:
         raise UserError(f"frames and steps must be ≥ 1, got {o.num_frames} frames, {o.steps} steps")
     if o.decode_chunk_size is not None and o.decode_chunk_size < 1:
         raise UserError(f"decode_chunk_size must be ≥ 1, got {o.decode_chunk_size}")
+    if isinstance(o.clock, bool) or not isinstance(o.clock, int) or o.clock < 1:
+        raise UserError(f"clock must be an integer ≥ 1, got {o.clock!r}")
 
 
 class ImageToVideo:
     """Holds the three models; `__call__` turns one image into frames (T, H, W, 3) in [0, 1]."""
 
-    def __init__(self, unet, vae, image_encoder, decoder=None):
+    def __init__(self, unet, vae, image_encoder, decoder=None, adaptor=None):
         """`decoder`: what turns latents into frames (default the VAE; e.g. a tiny autoencoder distilled from
-        it, models/tiny_autoencoder.py, with the same latents and factor)."""
-        self.unet, self.vae, self.image_encoder = unet, vae, image_encoder
+        it, models/tiny_autoencoder.py, with the same latents and factor). `adaptor`: a Clockwork adaptor
+        (models/clockwork.py) that options with clock > 1 run between the full UNet's steps."""
+        if adaptor is not None:
+            adaptor.config.check_unet(unet.config)
+        self.unet, self.vae, self.image_encoder, self.adaptor = unet, vae, image_encoder, adaptor
         self.decoder = decoder if decoder is not None else vae
         self.vae_scale = vae.config.downsampling_factor
         self.timings: dict[str, float] = {}
@@ -100,9 +108,10 @@ class ImageToVideo:
         self._samplers: dict = {}
 
     @classmethod
-    def from_folder(cls, folder, unet=None, decoder=None) -> "ImageToVideo":
+    def from_folder(cls, folder, unet=None, decoder=None, adaptor=None) -> "ImageToVideo":
         """The pipeline of an SVD folder; `unet` (a loaded UNet, e.g. a trained stage's) replaces its unet/,
-        `decoder` (a loaded tiny autoencoder) the VAE's decoder."""
+        `decoder` (a loaded tiny autoencoder) the VAE's decoder; `adaptor`: a Clockwork adaptor for the UNet,
+        or a function of the UNet's config that returns one (the identity adaptor needs the UNet first)."""
         from mvd_jax.convert import load_unet
         from mvd_jax.convert.diffusers_vae import load_vae
         from mvd_jax.convert.transformers_clip import load_image_encoder
@@ -119,10 +128,14 @@ class ImageToVideo:
             from mvd_jax.train.decoder_distill import check_matches_teacher
 
             check_matches_teacher(decoder.config, vae.config, "the decoder")
-        return cls(unet, vae, load_image_encoder(folder / "image_encoder"), decoder)
+        if callable(adaptor) and not isinstance(adaptor, nnx.Module):
+            adaptor = adaptor(unet.config)
+        return cls(unet, vae, load_image_encoder(folder / "image_encoder"), decoder, adaptor)
 
     def check_options(self, o: SampleOptions):
         check_options(o, self.vae_scale)
+        if o.clock > 1 and self.adaptor is None:
+            raise UserError(f"clock {o.clock} needs a Clockwork adaptor (ImageToVideo(..., adaptor=...))")
 
     def condition(self, image: Image.Image, o: SampleOptions, image_noise=None):
         """(conditioning latent (1, h, w, C), image embedding (1, 1, D), added time ids (1, 3))."""
@@ -142,20 +155,28 @@ class ImageToVideo:
             self._on_step(int(i))
 
     def _sampler(self, o: SampleOptions):
-        key = (o.steps, o.min_guidance_scale, o.max_guidance_scale)
+        """The jitted sampling loop of these options: run(state, noise, cond, embeds, ids), where state is the
+        UNet's (clock 1) or the UNet's and the adaptor's (clock > 1)."""
+        key = (o.steps, o.min_guidance_scale, o.max_guidance_scale, o.clock)
         if key not in self._samplers:
-            graphdef, _ = nnx.split(self.unet)
+            graphdef, _ = nnx.split(self.unet if o.clock == 1 else (self.unet, self.adaptor))
             sigmas = edm.karras_sigmas(o.steps)
+            loop_options = dict(min_scale=o.min_guidance_scale, max_scale=o.max_guidance_scale, on_step=self._step_hook)
 
             @jax.jit
             def run(state, noise, cond, embeds, ids):
-                model = nnx.merge(graphdef, state)
-                return samplers.euler_sample(lambda *a: model(*a), noise, sigmas, cond, embeds, ids,
-                                             min_scale=o.min_guidance_scale, max_scale=o.max_guidance_scale,
-                                             on_step=self._step_hook)
+                if o.clock == 1:
+                    model = nnx.merge(graphdef, state)
+                    return samplers.euler_sample(lambda *a: model(*a), noise, sigmas, cond, embeds, ids, **loop_options)
+                parts = clockwork_parts(*nnx.merge(graphdef, state))
+                return samplers.clockwork_euler_sample(parts, noise, sigmas, cond, embeds, ids, clock=o.clock,
+                                                       **loop_options)
 
             self._samplers[key] = run
         return self._samplers[key]
+
+    def _sampler_state(self, o: SampleOptions):
+        return nnx.state(self.unet) if o.clock == 1 else nnx.state((self.unet, self.adaptor))
 
     def sample_latents(self, cond_latent, embeds, ids, o: SampleOptions, noise=None):
         """Denoised latents (1, T, h, w, C); the whole step loop is one compiled program."""
@@ -163,7 +184,7 @@ class ImageToVideo:
         if noise is None:
             noise = jax.random.normal(jax.random.key(o.seed), (1, o.num_frames, h, w, self.unet.config.out_channels))
         cond = jnp.repeat(cond_latent[:, None], o.num_frames, axis=1)
-        return self._sampler(o)(nnx.state(self.unet), jnp.asarray(noise, jnp.float32), cond, embeds, ids)
+        return self._sampler(o)(self._sampler_state(o), jnp.asarray(noise, jnp.float32), cond, embeds, ids)
 
     def decode(self, latents, o: SampleOptions):
         """Frames (T, H, W, 3) in [0, 1] from the latents (1, T, h, w, C) of one video."""

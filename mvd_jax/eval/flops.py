@@ -104,3 +104,65 @@ def temporal_block_flops(config, frames: int, height: int, width: int) -> dict[s
     names = temporal_block_names(config)
     return {n: float(jaxpr_flops(jaxpr, temporal_block_scope(i))) for i, n in enumerate(names)
             if n not in config.pruned_temporal_blocks}
+
+
+# ---- Clockwork: FLOPs of a sampled clip under a clock schedule --------------------------------------
+def split_flops(unet, *, batch: int, frames: int, height: int, width: int, cut_level: int = 1,
+                adaptors=()) -> dict:
+    """FLOPs (paper convention) of one UNet evaluation of `batch` clips at a latent size, split where
+    Clockwork cuts it (models/unet_split.py): {"forward": the plain forward, "high_in", "low", "high_out": its
+    three parts, "adaptors": [one evaluation of each of `adaptors`, models/clockwork.py]}. The modules may
+    be abstract (nnx.eval_shape); every count comes from a jaxpr on ShapeDtypeStructs (nothing runs)."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from mvd_jax.models.unet_split import forward_high_in, forward_high_out, forward_low
+
+    c = unet.config
+    graphdef, state = nnx.split(unet)
+    S, f32 = jax.ShapeDtypeStruct, jnp.float32
+    args = (S((batch, frames, height, width, c.in_channels), f32), S((batch,), f32),
+            S((batch, 1, c.context_dims[0]), f32), S((batch, c.num_added_time_ids), f32))
+    model = lambda st: nnx.merge(graphdef, st)
+    high_in = lambda st, *a: forward_high_in(model(st), *a, cut_level=cut_level)
+    low = lambda st, s: forward_low(model(st), s)
+    high_out = lambda st, s, r: forward_high_out(model(st), s, r)
+    count = lambda f, *a: float(jaxpr_flops(jax.make_jaxpr(f)(*a)))
+
+    split_state = jax.eval_shape(high_in, state, *args)
+    r_out = jax.eval_shape(low, state, split_state)
+    counts = {"forward": count(lambda st, *a: model(st)(*a), state, *args), "high_in": count(high_in, state, *args),
+              "low": count(low, state, split_state), "high_out": count(high_out, state, split_state, r_out)}
+    counts["adaptors"] = []
+    for adaptor in adaptors:
+        if adaptor.config.cut_level != cut_level:
+            raise ValueError(f"an adaptor for cut_level {adaptor.config.cut_level} given for a count at {cut_level}")
+        a_graph, a_state = nnx.split(adaptor)
+        adapt = lambda st, s, r: nnx.merge(a_graph, st)(s.r_in, r, s.emb, s.context)
+        counts["adaptors"].append(count(adapt, a_state, split_state, r_out))
+    return counts
+
+
+def clock_flops(split: dict, adaptor_flops: float, *, steps: int, clock: int) -> dict:
+    """FLOPs of `steps` sampler steps under the clock schedule (diffusion/samplers.clock_schedule), from
+    `split_flops`' counts: a full step runs the three parts, an adaptor step the two high-resolution parts
+    around one adaptor evaluation. (The sampler's own jaxpr cannot say it: the step's lax.cond counts at its
+    costlier branch.) `plain`: the same steps with the plain UNet; `saving`: 1 − total/plain."""
+    from mvd_jax.diffusion.samplers import clock_schedule
+
+    full_steps = int(clock_schedule(steps, clock).sum())
+    full_step = split["high_in"] + split["low"] + split["high_out"]
+    adaptor_step = split["high_in"] + adaptor_flops + split["high_out"]
+    total = full_steps * full_step + (steps - full_steps) * adaptor_step
+    plain = steps * split["forward"]
+    return {"steps": steps, "clock": clock, "full_steps": full_steps, "full_step": full_step,
+            "adaptor_step": adaptor_step, "total": total, "plain": plain, "saving": 1.0 - total / plain}
+
+
+def clockwork_flops(unet, adaptor, *, batch: int, frames: int, height: int, width: int, steps: int, clock: int,
+                    guidance: bool = True) -> dict:
+    """`clock_flops` of sampling `batch` clips with `adaptor` (guidance: each UNet evaluation sees 2·batch
+    clips, [uncond, cond], as the sampler batches them)."""
+    split = split_flops(unet, batch=batch * (2 if guidance else 1), frames=frames, height=height, width=width,
+                        cut_level=adaptor.config.cut_level, adaptors=[adaptor])
+    return clock_flops(split, split["adaptors"][0], steps=steps, clock=clock)

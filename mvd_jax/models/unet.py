@@ -15,6 +15,9 @@ Differences from the diffusers call, all deliberate:
 
 MobileVD options (UNetConfig): collapse_cross_attention (attention.py), temporal_multiscale and
 spatial_multiscale (multiscale.py), temporal_gating and pruned_temporal_blocks (gates.py).
+
+Clockwork Diffusion runs this forward in three parts, cut below a resolution level (models/unet_split.py,
+which mirrors the loops below; tests/test_clockwork.py holds the two equal).
 """
 from __future__ import annotations
 
@@ -149,6 +152,15 @@ def block_inputs(c: UNetConfig, time_embedding, add_embedding, sample, timestep,
     below the top level ("low"; fewer frames under temporal multiscaling): dicts with the time embedding
     and context copied for every frame, the image-only indicator, the frames' positions (None: 0…T−1)
     and the frame count. Shared by the UNet and the discriminator's encoder (models/discriminator.py)."""
+    return frame_inputs(c, *clip_inputs(c, time_embedding, add_embedding, sample, timestep, encoder_hidden_states,
+                                        added_time_ids, image_only_indicator))
+
+
+def clip_inputs(c: UNetConfig, time_embedding, add_embedding, sample, timestep, encoder_hidden_states,
+                added_time_ids, image_only_indicator):
+    """Checks the UNet's inputs; (the embedding of the noise level plus the added time ids (B, Ct), the context
+    (B, S, D) in the activations' dtype, image_only_indicator (B, T)): the conditioning of each clip, which
+    `frame_inputs` copies for every frame. The split forward (models/unet_split.py) keeps these between its parts."""
     b, t, h, w, cin = sample.shape
     if cin != c.in_channels:
         raise ValueError(f"sample has {cin} channels, the UNet expects {c.in_channels} (channels-last input)")
@@ -164,6 +176,12 @@ def block_inputs(c: UNetConfig, time_embedding, add_embedding, sample, timestep,
     context = encoder_hidden_states.astype(dtype)
     if image_only_indicator is None:
         image_only_indicator = jnp.zeros((b, t), dtype)
+    return emb, context, image_only_indicator
+
+
+def frame_inputs(c: UNetConfig, emb, context, image_only_indicator):
+    """The per-frame block inputs ("top", "low"; see block_inputs) of the per-clip conditioning (clip_inputs)."""
+    t = image_only_indicator.shape[1]
 
     # embedding and context are per clip, copied for every frame the blocks see
     def per_frame(frames, iio, positions):

@@ -20,6 +20,7 @@ CONFIG_NAME = "config.json"
 # Settings that change the shapes or meaning of the saved state; the rest (steps, logging, LR…) may change.
 _STRUCTURAL = ("model", "frames", "height", "width")
 _STRUCTURAL_TRAIN = ("trainable",)
+_STRUCTURAL_CLOCKWORK = ("kind", "cut_level", "channels", "num_res_blocks")  # train.phase "clockwork"
 
 
 class CheckpointManager:
@@ -39,6 +40,10 @@ class CheckpointManager:
         now = json.loads(cfg.to_json())
         diffs = [k for k in _STRUCTURAL if saved.get(k) != now.get(k)]
         diffs += [f"train.{k}" for k in _STRUCTURAL_TRAIN if saved.get("train", {}).get(k) != now["train"].get(k)]
+        if now["train"].get("phase") == "clockwork":  # the adaptor's shapes, and whether the state is an adaptor's
+            diffs += ["train.phase"] if saved.get("train", {}).get("phase") != "clockwork" else []
+            diffs += [f"clockwork.{k}" for k in _STRUCTURAL_CLOCKWORK
+                      if saved.get("clockwork", {}).get(k) != now["clockwork"].get(k)]
         if diffs:
             detail = "; ".join(_describe(k, saved, now) for k in diffs)
             raise UserError(f"the checkpoints in {self.directory} come from an incompatible config ({detail}); "
@@ -116,9 +121,9 @@ def _frozen_shapes(frozen_shardings, manager, step):
 
 
 def _describe(key, saved, now):
-    if key.startswith("train."):
-        k = key.split(".", 1)[1]
-        return f"{key}: checkpoint {saved.get('train', {}).get(k)!r}, config {now['train'].get(k)!r}"
+    if key.startswith(("train.", "clockwork.")):
+        section, k = key.split(".", 1)
+        return f"{key}: checkpoint {saved.get(section, {}).get(k)!r}, config {now[section].get(k)!r}"
     a, b = saved.get(key), now.get(key)
     if isinstance(a, dict) and isinstance(b, dict):
         keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))

@@ -2,9 +2,11 @@
 gate keep-count schedule, and the step of the single-model phases (`build_loss_programs`: one loss, AdamW,
 EMA, gradient accumulation, non-finite steps skipped).
 
-The diffusion phase (train/trainer.py), the adversarial phase (train/adversarial.py) and the tiny decoder's
-distillation (train/decoder_distill.py) each build a Programs; the trainer picks one by `train.phase`. They
-import this module and not each other's internals, so the dependency runs one way: trainer → phases → programs.
+The diffusion phase (train/trainer.py), the adversarial phase (train/adversarial.py), the tiny decoder's
+distillation (train/decoder_distill.py), the autoencoder's training (train/vae_train.py) and the Clockwork
+adaptor's distillation (train/clockwork_distill.py) each build a Programs; the trainer picks one by
+`train.phase`. They import this module and not each other's internals, so the dependency runs one way:
+trainer → phases → programs.
 """
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ from mvd_jax.train import checkpoint as ckpt
 from mvd_jax.train import sharding as shd
 from mvd_jax.train import stages
 from mvd_jax.train.adversarial import build_adversarial_programs
+from mvd_jax.train import clockwork_distill
 from mvd_jax.train import decoder_distill
 from mvd_jax.train.decoder_distill import build_decoder_programs
 from mvd_jax.train import vae_train
@@ -80,8 +81,20 @@ def build_autoencoder(cfg):
         from mvd_jax.train.vae_train import load_vae_checkpoint
 
         return load_vae_checkpoint(a.checkpoint), image_encoder
-    return (PixelAutoencoder(PixelAutoencoderConfig(factor=a.pixel_factor, scaling_factor=a.pixel_scaling_factor)),
-            image_encoder)
+    basis = None
+    if a.pixel_basis:
+        if not storage.path(a.pixel_basis).is_file():
+            raise UserError(f"autoencoder.pixel_basis {a.pixel_basis} is not a file (python -m mvd_jax.data.pixel_basis "
+                            f"writes one)")
+        with np.load(storage.path(a.pixel_basis)) as f:
+            basis = {k: f[k] for k in f.files}
+    try:
+        config = PixelAutoencoderConfig(factor=a.pixel_factor, scaling_factor=a.pixel_scaling_factor,
+                                        channels=a.pixel_channels)
+        return PixelAutoencoder(config, basis), image_encoder
+    except ValueError as e:
+        raise UserError(f"autoencoder pixel_basis {a.pixel_basis or '(none)'}, pixel_channels {a.pixel_channels}: "
+                        f"{e}") from None
 
 
 def check_model_matches_data(cfg, unet_cfg, autoencoder):
@@ -155,14 +168,17 @@ def make_encode(cfg, encoders, mesh):
 
 
 def make_programs(cfg, unet_abstract, mesh, encoders) -> Programs:
-    """The programs of the config's phase: diffusion (this file), adversarial (train/adversarial.py) or
-    decoder_distill (train/decoder_distill.py; `unet_abstract` is then the tiny autoencoder)."""
+    """The programs of the config's phase: diffusion (this file), adversarial (train/adversarial.py),
+    decoder_distill (train/decoder_distill.py; `unet_abstract` is then the tiny autoencoder), autoencoder
+    (train/vae_train.py) or clockwork (train/clockwork_distill.py; `unet_abstract` is the frozen teacher)."""
     if cfg.train.phase == "decoder_distill":
         return build_decoder_programs(cfg, unet_abstract, mesh, encoders)
     if cfg.train.phase == "autoencoder":
         return build_vae_programs(cfg, unet_abstract, mesh)
     if cfg.train.phase == "adversarial":
         return build_adversarial_programs(cfg, unet_abstract, mesh, make_encode(cfg, encoders, mesh))
+    if cfg.train.phase == "clockwork":
+        return clockwork_distill.build_clockwork_programs(cfg, unet_abstract, mesh, make_encode(cfg, encoders, mesh))
     tx, schedule = make_optimizer(cfg.optimizer)
     return build_programs(cfg, unet_abstract, mesh, encoders, tx, schedule)
 
@@ -202,6 +218,9 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
     distill_decoder = t.phase == "decoder_distill"  # the model trained is the tiny autoencoder, not the UNet
     train_vae = t.phase == "autoencoder"  # the model trained is the autoencoder itself
     is_main = jax.process_index() == 0
+    if t.phase == "clockwork" and not cfg.init_from:
+        raise UserError("train.phase 'clockwork' distils a trained UNet: init_from must name it (a run directory or "
+                        "a UNet / SVD folder)")
 
     # ---- mesh --------------------------------------------------------------------------------
     mesh = shd.make_mesh(dict(cfg.mesh))
@@ -250,9 +269,11 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
             log(f"initialised from {cfg.init_from} (step {from_step}, {'EMA' if cfg.init_ema else 'raw'} weights)")
         elif cfg.init_from:  # SVD's weights
             unet = init_unet_from_svd(cfg.init_from, unet_cfg)
+            if t.phase == "clockwork":
+                log(f"teacher: the UNet of {cfg.init_from}")
         else:
             unet = build_unet(unet_cfg, t.seed)
-        trainable, frozen = programs.initial_arrays(unet)
+        trainable, frozen = programs.initial_arrays(unet)  # clockwork: the teacher, and a fresh adaptor
         frozen = jax.device_put(frozen, programs.frozen_shardings)
         state = programs.init_state(jax.device_put(trainable, programs.trainable_shardings))
         manager.save_config(cfg)
@@ -328,7 +349,7 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
 # Logged as "<name>_avg" too: the mean over the steps since the last log. One step's values swing with
 # its random σ (and, for the discriminator's accuracy, with a batch of a few clips).
 AVERAGED_METRICS = ("loss", "d_loss", "d_accuracy", "g_adversarial", "reconstruction", "pixel_loss", "temporal_loss",
-                    "encoder_loss", "psnr", "kl")
+                    "encoder_loss", "psnr", "kl", "identity_loss", "loss_ratio")
 
 
 def _next_batch(data_iter, mesh, programs, enc_state, step, cached):
@@ -380,6 +401,13 @@ def _write_sample(cfg, programs, state, frozen, autoencoder, batch, workdir, ste
         if is_main:
             path, value = vae_train.write_reconstruction(cfg, programs, state, frozen, batch, workdir, step)
             log(f"clip | reconstruction video: {path} (PSNR {value:.2f} dB)")
+        return None
+    if cfg.train.phase == "clockwork":
+        if is_main:
+            path, v = clockwork_distill.write_comparison(cfg, programs, state, frozen, autoencoder, batch, workdir,
+                                                         step)
+            log(f"full | clock {cfg.clockwork.clock} identity | clock {cfg.clockwork.clock} adaptor video: {path} "
+                f"(PSNR against the full sampler: identity {v['identity']:.2f} dB, adaptor {v['adaptor']:.2f} dB)")
         return None
     unet = programs.codec.merge({**jax.device_get(frozen), **jax.device_get(state["ema"])})
     first = jax.tree.map(lambda x: np.asarray(jax.device_get(x))[:1], batch)
