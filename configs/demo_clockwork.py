@@ -34,7 +34,7 @@ def get_config(arg: str = "demo"):
     c.name = f"demo_clockwork{'_micro' if micro else ''}"
     c.init_from = str(HERE / "demo_unet")
     c.prune_from_gates = False
-    c.train.update(phase="clockwork", steps=6 if micro else 300, batch_size=2, log_every=1 if micro else 10,
+    c.train.update(phase="clockwork", steps=6 if micro else 100, batch_size=2, log_every=1 if micro else 10,
                    checkpoint_every=3 if micro else 100, sample_every=0, sample_at_end=not micro)
     # the demo samples with 12 Euler steps and no guidance (configs/demo.py sample_steps; eval/demo_report.py)
     c.clockwork.update(kind="resnet", cut_level=1, channels=64 if micro else 0, steps=4 if micro else 12, pairs=0,
