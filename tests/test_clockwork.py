@@ -424,8 +424,9 @@ def test_only_the_adaptor_trains_and_the_run_reads_back(distilled):
     # the clock sampler with it (the pipeline's loop: test_pipeline_samples_with_a_fresh_resnet_adaptor_…), and the
     # same program with conv_up zeroed (the identity adaptor's output): the adaptor's step makes a difference
     rng = np.random.default_rng(0)
-    noise = jnp.asarray(rng.standard_normal((1, 4, 8, 16, 48)), jnp.float32)
-    cond = jnp.repeat(jnp.asarray(rng.standard_normal((1, 1, 8, 16, 48)), jnp.float32), 4, axis=1)
+    c = teacher.config.out_channels  # the demo's latent channels
+    noise = jnp.asarray(rng.standard_normal((1, 4, 8, 16, c)), jnp.float32)
+    cond = jnp.repeat(jnp.asarray(rng.standard_normal((1, 1, 8, 16, c)), jnp.float32), 4, axis=1)
     embeds = jnp.asarray(rng.standard_normal((1, 1, 32)), jnp.float32)
     ids = jnp.asarray([[6.0, 127.0, 0.02]], jnp.float32)
     graphdef, _ = nnx.split((teacher, loaded))
@@ -449,7 +450,7 @@ def test_only_the_adaptor_trains_and_the_run_reads_back(distilled):
         return pairs, first
 
     latents = sample(nnx.state((teacher, loaded)))
-    assert latents.shape == (1, 4, 8, 16, 48) and np.all(np.isfinite(np.asarray(latents)))
+    assert latents.shape == (1, 4, 8, 16, c) and np.all(np.isfinite(np.asarray(latents)))
     for var in (loaded.conv_up.kernel, loaded.conv_up.bias):
         var[...] = jnp.zeros_like(var[...])
     assert rel(latents, sample(nnx.state((teacher, loaded)))) > 1e-4
