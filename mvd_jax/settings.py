@@ -360,7 +360,9 @@ def defaults() -> ml_collections.ConfigDict:
     # features then training pairs, as the clock sampler runs them. clock: the clock of the phase's sample videos.
     c.clockwork = dict(kind="resnet", cut_level=1, channels=0, num_res_blocks=2, seed=0, steps=25, pairs=0,
                        min_guidance_scale=1.0, max_guidance_scale=1.0, clock=2)
-    c.optimizer = dict(learning_rate=1e-4, warmup_steps=10, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+    # learning rate: linear warm-up over warmup_steps, constant; decay_steps > 0: then linear decay from step
+    # decay_start to learning_rate·decay_to over decay_steps steps (train/model_state.learning_rate_schedule)
+    c.optimizer = dict(learning_rate=1e-4, warmup_steps=10, decay_start=0, decay_steps=0, decay_to=0.1, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
                        clip_norm=1.0,  # 0: no clipping
                        ema_decay=0.999,
                        ema_warmup=True)  # decay min(ema_decay, (1+n)/(10+n)) at update n (diffusers' EMAModel)
@@ -443,7 +445,8 @@ RULES: dict[str, Rule] = {
     "clockwork.steps": Int(2, 1000), "clockwork.pairs": Int(0), "clockwork.min_guidance_scale": Float(min=0),
     "clockwork.max_guidance_scale": Float(min=0), "clockwork.clock": POSITIVE,
     # ---- optimizer ----
-    "optimizer.learning_rate": Float(min=0), "optimizer.warmup_steps": Int(0), "optimizer.b1": BETA,
+    "optimizer.learning_rate": Float(min=0), "optimizer.warmup_steps": Int(0),
+    "optimizer.decay_start": Int(0), "optimizer.decay_steps": Int(0), "optimizer.decay_to": UNIT, "optimizer.b1": BETA,
     "optimizer.b2": BETA, "optimizer.eps": Float(min=0, min_open=True), "optimizer.weight_decay": Float(min=0),
     "optimizer.clip_norm": Float(min=0), "optimizer.ema_decay": UNIT, "optimizer.ema_warmup": Flag(),
     # ---- mesh ----
@@ -602,6 +605,10 @@ def _check_combinations(cfg) -> None:
         raise UserError(f"train.batch_size {t.batch_size} is not divisible by train.grad_accum {t.grad_accum}")
     if t.gate_keep_start and (t.gate_keep_start < t.gate_keep or t.gate_anneal_steps < 1):
         raise UserError("train.gate_keep_start must be ≥ train.gate_keep, with train.gate_anneal_steps ≥ 1")
+    o = cfg.optimizer
+    if o.decay_steps and o.decay_start < max(1, o.warmup_steps):
+        raise UserError(f"optimizer.decay_start ({o.decay_start}) must not be inside the warm-up "
+                        f"(optimizer.warmup_steps {o.warmup_steps})")
     blocks = temporal_block_names(unet)
     if unet.temporal_gating == "sampled" and not 0 < t.gate_keep <= len(blocks):
         raise UserError(f"temporal_gating 'sampled' needs train.gate_keep in 1..{len(blocks)} "

@@ -310,6 +310,26 @@ def test_ema_decay_warms_up_like_diffusers_ema_model():
     assert float(ema_decay_at(0.99, 0, warmup=False)) == pytest.approx(0.99, rel=1e-6)
 
 
+def test_learning_rate_warms_up_holds_then_decays_linearly():
+    import ml_collections
+
+    from mvd_jax.errors import UserError
+    from mvd_jax.settings import load_config, resolve
+    from mvd_jax.train.model_state import learning_rate_schedule
+
+    opt = ml_collections.ConfigDict(dict(warmup_steps=10, decay_start=100, decay_steps=50, decay_to=0.2))
+    lr = learning_rate_schedule(opt, 2.0)
+    # warm-up 0 → 2 over 10 steps, 2 until step 100, then linearly to 0.4 at step 150, 0.4 after
+    for step, expected in ((0, 0.0), (5, 1.0), (10, 2.0), (99, 2.0), (100, 2.0), (125, 1.2), (150, 0.4), (10_000, 0.4)):
+        assert float(lr(step)) == pytest.approx(expected, rel=1e-6), step
+    opt.decay_steps = 0  # no decay: constant after the warm-up
+    assert float(learning_rate_schedule(opt, 2.0)(10_000)) == pytest.approx(2.0)
+    bad = load_config(str(ROOT / "configs" / "demo.py") + ":micro")
+    bad.optimizer.update(decay_steps=10, decay_start=2)  # inside the 5-step warm-up
+    with pytest.raises(UserError, match="decay_start.*warm-up"):
+        resolve(bad)
+
+
 def test_a_run_exports_as_a_float16_unet_folder_that_init_from_reads(uninterrupted, tmp_path):
     """`python -m mvd_jax.convert RUN --out DIR --float16` (how configs/demo_unet/ was made): the run's EMA
     UNet in diffusers' fp16-variant file, its MobileVD keys kept in config.json, and `init_from` that folder

@@ -33,18 +33,17 @@ from mvd_jax.errors import UserError
 from mvd_jax.models import attention_kernel
 from mvd_jax.train import adversarial_loss as adv
 from mvd_jax.train import sharding as shd
-from mvd_jax.train.model_state import ParamCodec, ema_decay_at, ema_update, trainable_keys, tree_finite
+from mvd_jax.train.model_state import ParamCodec, ema_decay_at, learning_rate_schedule, ema_update, trainable_keys, tree_finite
 from mvd_jax.train.programs import Programs, gate_keep_at, opt_state_shardings
 
 DISCRIMINATOR_PREFIX = "discriminator/"  # D's frozen backbone keys in the frozen dict
 
 
 def make_phase_optimizer(cfg, learning_rate: float):
-    """Global-norm clipping, then Adam(W) or SM3 at `learning_rate` after the shared linear warm-up."""
+    """Global-norm clipping, then Adam(W) or SM3 on the shared schedule (warm-up, optional decay) peaking at
+    `learning_rate`."""
     opt, a = cfg.optimizer, cfg.adversarial
-    warmup = max(1, opt.warmup_steps)
-    schedule = optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup),
-                                     optax.constant_schedule(learning_rate)], [warmup])
+    schedule = learning_rate_schedule(opt, learning_rate)
     if a.optimizer == "adam":
         core = optax.adamw(schedule, b1=a.b1, b2=a.b2, eps=opt.eps, weight_decay=opt.weight_decay)
     elif a.optimizer == "sm3":

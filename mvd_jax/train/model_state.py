@@ -58,11 +58,21 @@ def trainable_keys(keys, spec: str) -> list[str]:
     return chosen
 
 
+def learning_rate_schedule(opt, peak: float) -> optax.Schedule:
+    """Linear warm-up from 0 to `peak` over opt.warmup_steps, constant, then (decay_steps > 0) a linear decay
+    to peak·decay_to over decay_steps steps from step decay_start, constant after. The decay is fixed in steps,
+    not tied to train.steps, so extending a run with a larger train.steps does not change its past schedule."""
+    warmup = max(1, opt.warmup_steps)
+    parts, bounds = [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup]
+    if opt.decay_steps:  # settings checks decay_start ≥ the warm-up
+        parts[1:] = [optax.constant_schedule(peak), optax.linear_schedule(peak, peak * opt.decay_to, opt.decay_steps)]
+        bounds.append(opt.decay_start)
+    return optax.join_schedules(parts, bounds)
+
+
 def make_optimizer(opt) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW after global-norm clipping, learning rate warmed up linearly from 0 then constant."""
-    schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, opt.learning_rate, max(1, opt.warmup_steps)), optax.constant_schedule(opt.learning_rate)],
-        [max(1, opt.warmup_steps)])
+    """AdamW after global-norm clipping, on learning_rate_schedule(opt, opt.learning_rate)."""
+    schedule = learning_rate_schedule(opt, opt.learning_rate)
     tx = optax.chain(optax.clip_by_global_norm(opt.clip_norm) if opt.clip_norm else optax.identity(),
                      optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
                                  weight_decay=opt.weight_decay))
