@@ -251,6 +251,8 @@ def _commands(tmp_path):
         ("mvd_jax.sample", ["--checkpoint", str(missing), "--image", str(missing / "a.png"), "--out",
                             str(out / "v.mp4")], out),
         ("export.tflite", ["--run", str(missing), "--out", str(out)], out),
+        ("mvd_jax.edit", ["--checkpoint", str(missing), "--video", str(missing / "a.mp4"), "--prompt", "x", "--out",
+                          str(out / "v.mp4")], out),
         ("mvd_jax.eval.fvd", ["--real", str(missing), "--generated", str(missing), "--out", str(out / "r.json")], out),
         ("mvd_jax.eval.ucf101", ["--ucf_root", str(missing), "--checkpoint", str(missing), "--fps", "7",
                                  "--num_videos", "3", "--out", str(out)], out),

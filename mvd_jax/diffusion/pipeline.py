@@ -52,7 +52,7 @@ class SampleOptions:
     clock: int = 1  # Clockwork: the full UNet every `clock` steps, the pipeline's adaptor between (1: always)
 
 
-def _bound(module, method: str, static_argnums: tuple[int, ...] = ()):
+def jitted_method(module, method: str, static_argnums: tuple[int, ...] = ()):
     """A jitted `module.method(*args)`. The module's state is an argument, not baked in as constants,
     so compiling stays fast for large models; `static_argnums` index `args` (e.g. a chunk length)."""
     graphdef, state = nnx.split(module)
@@ -102,9 +102,9 @@ class ImageToVideo:
         self.vae_scale = vae.config.downsampling_factor
         self.timings: dict[str, float] = {}
         self._on_step = None  # the current progress callback; read by the compiled loop via _step_hook
-        self._encode_image = _bound(image_encoder, "__call__")
-        self._encode_latent = _bound(vae, "encode_mode")
-        self._decode = _bound(self.decoder, "decode", static_argnums=(1,))
+        self._encode_image = jitted_method(image_encoder, "__call__")
+        self._encode_latent = jitted_method(vae, "encode_mode")
+        self._decode = jitted_method(self.decoder, "decode", static_argnums=(1,))
         self._samplers: dict = {}
 
     @classmethod

@@ -12,7 +12,9 @@ The module tree and attribute names are transformers' (`vision_model.embeddings.
 `vision_model.pre_layrnorm` — transformers' spelling —, `vision_model.encoder.layers[i].self_attn.q_proj`,
 `visual_projection`, …) so `convert/transformers_clip.py` maps checkpoints over with the generic rules
 of `convert/strict.py`. Inputs are channels-last. Only what SVD uses is here: no hidden-state outputs,
-no attention masks, no position-embedding interpolation (the input must be image_size × image_size).
+no position-embedding interpolation (the input must be image_size × image_size). The encoder layers take
+an optional attention mask, which the image encoder never passes: it is for the causal text encoder
+(models/clip_text.py), which reuses these layers.
 
 `preprocess_for_clip` is the exact image path of diffusers' `StableVideoDiffusionPipeline._encode_image`:
 an anti-aliasing Gaussian blur and a bicubic (align_corners=True) resize to 224 × 224 of the [-1, 1]
@@ -180,7 +182,13 @@ class CLIPVisionEmbeddings(nnx.Module):
 
 
 class CLIPAttention(nnx.Module):
-    """Multi-head self-attention with biased q/k/v/out projections, softmax scale head_dim^-0.5."""
+    """Multi-head self-attention with biased q/k/v/out projections, softmax scale head_dim^-0.5.
+
+    `mask`: None (every token attends to every token, in the attention form the layer is set to), or a
+    boolean array broadcastable to (B, heads, queries, keys), True where a query may attend to a key (the
+    text encoder's causal mask). A masked call takes XLA's form, jax.nn.dot_product_attention: the text
+    encoder's sequences are short (77 tokens), and the other forms have no mask.
+    """
 
     def __init__(self, config: CLIPVisionConfig, *, rngs: nnx.Rngs):
         d = config.hidden_size
@@ -193,11 +201,14 @@ class CLIPAttention(nnx.Module):
         self.out_proj = Linear(d, d, axes=("heads", "embed"), rngs=rngs)
         self.attention_form = AttentionForm()  # static (attention_kernel.set_form)
 
-    def __call__(self, x):
+    def __call__(self, x, mask=None):
         b, n, _ = x.shape
         split = lambda t: t.reshape(b, n, self.num_heads, self.head_dim)
-        out = dot_product_attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)), self.scale,
-                                    self.attention_form)
+        q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+        if mask is None:
+            out = dot_product_attention(q, k, v, self.scale, self.attention_form)
+        else:
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=self.scale)
         return self.out_proj(out.reshape(b, n, -1))
 
 
@@ -221,8 +232,8 @@ class CLIPEncoderLayer(nnx.Module):
         self.mlp = CLIPMLP(config, rngs=rngs)
         self.layer_norm2 = LayerNorm(d, eps=eps, rngs=rngs)
 
-    def __call__(self, x):
-        x = x + self.self_attn(self.layer_norm1(x))
+    def __call__(self, x, mask=None):
+        x = x + self.self_attn(self.layer_norm1(x), mask)
         return x + self.mlp(self.layer_norm2(x))
 
 
@@ -230,9 +241,10 @@ class CLIPEncoder(nnx.Module):
     def __init__(self, config: CLIPVisionConfig, *, rngs: nnx.Rngs):
         self.layers = nnx.List([CLIPEncoderLayer(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
 
-    def __call__(self, x):
+    def __call__(self, x, mask=None):
+        """`mask`: see CLIPAttention (None for the image encoder)."""
         for layer in self.layers:
-            x = layer(x)
+            x = layer(x, mask)
         return x
 
 

@@ -26,13 +26,15 @@ class ResnetBlock2D(nnx.Module):
     (C_out → funnel_dim, after conv1 + time embedding) and `funnel_2` (funnel_dim → C_out, before
     conv2), with norm2 over the funneled channels. Merged form: conv1/time_emb_proj produce
     funnel_dim channels and conv2 reads them directly.
+
+    `groups`: the GroupNorms' group count (32 in SVD; SD-1.5's UNet config may set another, norm_num_groups).
     """
 
     def __init__(self, in_channels: int, out_channels: int, temb_channels: int, *, eps: float, rngs: nnx.Rngs,
-                 funnel_dim: int | None = None, funnels_merged: bool = False):
+                 funnel_dim: int | None = None, funnels_merged: bool = False, groups: int = 32):
         inner = funnel_dim if (funnel_dim and funnels_merged) else out_channels
         mid = funnel_dim or out_channels
-        self.norm1 = GroupNorm(in_channels, eps=eps, rngs=rngs)
+        self.norm1 = GroupNorm(in_channels, num_groups=groups, eps=eps, rngs=rngs)
         self.conv1 = Conv(in_channels, inner, (3, 3), rngs=rngs)
         self.time_emb_proj = Linear(temb_channels, inner, rngs=rngs) if temb_channels is not None else None
         if funnel_dim and not funnels_merged:
@@ -40,7 +42,7 @@ class ResnetBlock2D(nnx.Module):
             self.funnel_2 = Linear(funnel_dim, out_channels, use_bias=False, axes=(None, "conv_in"), rngs=rngs)
         else:
             self.funnel_1 = self.funnel_2 = None
-        self.norm2 = GroupNorm(mid, eps=eps, rngs=rngs)
+        self.norm2 = GroupNorm(mid, num_groups=groups, eps=eps, rngs=rngs)
         self.conv2 = Conv(inner, out_channels, (3, 3), rngs=rngs)
         self.conv_shortcut = Conv(in_channels, out_channels, (1, 1), rngs=rngs) if in_channels != out_channels else None
 

@@ -212,15 +212,9 @@ class TemporalDecoder(nnx.Module):
         return x.reshape(b * t, *x.shape[2:])
 
 
-class AutoencoderKLTemporalDecoder(nnx.Module):
-    """SVD's VAE. Images/frames are channels-last in [−1, 1]; latents are unscaled (multiply by
-    `config.scaling_factor` to get the diffusion model's latents, as the pipeline does)."""
-
-    def __init__(self, config: VAEConfig, *, rngs: nnx.Rngs):
-        self.config = config
-        self.encoder = Encoder(config, rngs=rngs)
-        self.decoder = TemporalDecoder(config, rngs=rngs)
-        self.quant_conv = Conv(2 * config.latent_channels, 2 * config.latent_channels, (1, 1), rngs=rngs)
+class KLEncoding(nnx.Module):
+    """The encoding side shared by SVD's VAE and SD's (models/sd_vae.py): a subclass sets `self.encoder`
+    (an Encoder) and `self.quant_conv`; the posterior is a diagonal Gaussian over the latents."""
 
     def encode_moments(self, images):
         """(N, H, W, 3) → (mean, logvar), each (N, H/f, W/f, latent_channels); logvar clipped to [−30, 20]
@@ -237,6 +231,17 @@ class AutoencoderKLTemporalDecoder(nnx.Module):
         """A posterior sample mean + exp(logvar/2)·ε: what training encodes video frames with."""
         mean, logvar = self.encode_moments(images)
         return mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
+
+
+class AutoencoderKLTemporalDecoder(KLEncoding):
+    """SVD's VAE. Images/frames are channels-last in [−1, 1]; latents are unscaled (multiply by
+    `config.scaling_factor` to get the diffusion model's latents, as the pipeline does)."""
+
+    def __init__(self, config: VAEConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.encoder = Encoder(config, rngs=rngs)
+        self.decoder = TemporalDecoder(config, rngs=rngs)
+        self.quant_conv = Conv(2 * config.latent_channels, 2 * config.latent_channels, (1, 1), rngs=rngs)
 
     def decode(self, z, num_frames: int):
         """(B·num_frames, h, w, latent) unscaled latents → (B·num_frames, H, W, 3) frames in ≈[−1, 1].
