@@ -325,6 +325,9 @@ def defaults() -> ml_collections.ConfigDict:
         sample_every=0,  # steps between sample videos (0: none during training)
         sample_at_end=True,  # a sample video after the last step
         sample_steps=10,
+        # the sample videos' guidance (several steps): frame-wise CFG rising from 1 to this (≤ 1: off, one UNet
+        # evaluation per step); also what eval/demo_report samples a run's multi-step videos with
+        sample_max_guidance_scale=1.0,
     )
     # The adversarial phase (train.phase="adversarial", train/adversarial.py): SF-V's recipe where it is
     # published (learning rates, β, λ, σ sets); γ of R1 and the discriminator heads are our choices.
@@ -423,6 +426,7 @@ RULES: dict[str, Rule] = {
     "train.log_every": POSITIVE,
     "train.checkpoint_every": POSITIVE, "train.keep_checkpoints": POSITIVE, "train.sample_every": Int(0),
     "train.sample_at_end": Flag(), "train.sample_steps": POSITIVE,
+    "train.sample_max_guidance_scale": Float(min=0),
     # ---- adversarial ----
     "adversarial.g_learning_rate": Float(min=0), "adversarial.d_learning_rate": Float(min=0),
     "adversarial.optimizer": Choice(("adam", "sm3")), "adversarial.b1": BETA, "adversarial.b2": BETA,

@@ -65,11 +65,13 @@ def report(multi_step: Path, one_step: Path, out: Path, *, clips: int = 8, seed:
     real_pixels = q.pixel_statistics(real)
     still = q.scores(q.still_video(real)[None], real, real_pixels)
     steps = int(cfg.train.sample_steps)
+    guidance = float(cfg.train.get("sample_max_guidance_scale", 1.0))
+    multi = f"{steps}-step sample" + (f", guidance 1→{guidance:g}" if guidance > 1 else "")
     rows = {"real clip": real}
     results = {"clips": int(len(real)), "frames": int(real.shape[1]), "size": list(real.shape[2:4]),
                "videos": source, "held_out": held_out, "seed": seed, "checks": CHECKS,
                "real_pixel_statistics": real_pixels, "first frame held still": still, "samples": {}}
-    for name, run, n in ((f"{steps}-step sample", multi_step, steps), ("1-step sample", one_step, 1)):
+    for name, run, n in ((multi, multi_step, steps), ("1-step sample", one_step, 1)):
         draws, run_cfg, step = q.sample_run(run, data, seed, [seed + 1], n)
         entry = {"run": str(run), "step": int(step), "sampling_steps": n, **q.scores(draws, real, real_pixels)}
         entry["passes"] = check(entry, still)

@@ -50,11 +50,13 @@ def sample_run(run: Path, clips, seed: int, noise_seeds: list[int], steps: int =
     """uint8 samples (len(noise_seeds), N, T, H, W, 3) of the run's EMA UNet: the conditioning (noise
     augmentation 0.02 of the first frame) from `seed`, the σ_max noise from each noise seed — the same for
     every run. steps = 1: the distilled single step; more: Euler over that many Karras σ levels from σ_max,
-    guidance off (the trainer's sample videos). Returns (samples, the run's config, its step)."""
+    with the run's train.sample_max_guidance_scale (as the trainer's sample videos). Returns (samples, the run's
+    config, its step)."""
     from mvd_jax.train.stages import read_run_unet
     from mvd_jax.train.trainer import build_autoencoder
 
     unet, cfg, step = read_run_unet(run, use_ema=True)
+    guidance = float(cfg.train.get("sample_max_guidance_scale", 1.0))  # runs older than the setting: off
     autoencoder, image_encoder = build_autoencoder(cfg)
     b = clips["video"].shape[0]
     aug = jnp.full((b,), 0.02, jnp.float32)
@@ -71,7 +73,7 @@ def sample_run(run: Path, clips, seed: int, noise_seeds: list[int], steps: int =
         if steps == 1:
             return samplers.single_step_sample(lambda *a: model(*a), noise, cond, embeds, ids)
         return samplers.euler_sample(lambda *a: model(*a), noise, edm.karras_sigmas(steps), cond, embeds, ids,
-                                     min_scale=1.0, max_scale=1.0)
+                                     min_scale=1.0, max_scale=guidance)
 
     per_seed = []
     for noise_seed in noise_seeds:

@@ -385,7 +385,7 @@ def _gate_metrics(programs, state, frozen):
 
 
 def _write_sample(cfg, programs, state, frozen, autoencoder, batch, workdir, step, is_main, log):
-    """A sample video from the EMA parameters: Euler with guidance off, conditioned on the first clip of
+    """A sample video from the EMA parameters: Euler with train.sample_max_guidance_scale, conditioned on the first clip of
     the first batch; written by process 0 to workdir/samples/step_N.mp4 (the decoder phase: the teacher's
     and the student's decode of that clip side by side)."""
     from mvd_jax.diffusion import edm, samplers
@@ -422,7 +422,7 @@ def _write_sample(cfg, programs, state, frozen, autoencoder, batch, workdir, ste
     def run(st, noise, cond, embeds, ids):
         model = nnx.merge(graphdef, st)
         return samplers.euler_sample(lambda *a: model(*a), noise, sigmas, cond, embeds, ids, min_scale=1.0,
-                                     max_scale=1.0)
+                                     max_scale=float(cfg.train.sample_max_guidance_scale))
 
     x = run(st, noise, cond, jnp.asarray(first["image_embeds"]), jnp.asarray(first["added_time_ids"]))
     z = x[0] / autoencoder.config.scaling_factor
