@@ -22,6 +22,7 @@ import dataclasses
 from typing import Any
 
 from mvd_jax.errors import UserError
+from mvd_jax.models.unet_config import PerBlockViews
 
 DOWN_BLOCK_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
 UP_BLOCK_TYPES = ("CrossAttnUpBlock2D", "UpBlock2D")
@@ -67,7 +68,7 @@ MOVIE_KEYS = ("cross_frame_attention", "drop_top_attention")
 
 
 @dataclasses.dataclass(frozen=True)
-class UNet2DConditionConfig:
+class UNet2DConditionConfig(PerBlockViews):
     """Architecture of the SD-1.5 UNet. Defaults are diffusers' UNet2DConditionModel defaults."""
 
     # Recorded only: the latent size the model was trained at (64 for SD-1.5); inputs may have any size.
@@ -185,29 +186,10 @@ class UNet2DConditionConfig:
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
-    # ---- per-block views (diffusers accepts an int or one value per block) -------------------------------
-    def _per_block(self, v) -> tuple:
-        return (v,) * len(self.block_out_channels) if isinstance(v, int) else tuple(v)
-
-    @property
-    def layers(self) -> tuple[int, ...]:
-        return self._per_block(self.layers_per_block)
-
     @property
     def heads(self) -> tuple[int, ...]:
-        return self._per_block(self.attention_head_dim)
+        return self._per_block(self.attention_head_dim)  # diffusers' name for SD's head count
 
-    @property
-    def context_dims(self) -> tuple[int, ...]:
-        return self._per_block(self.cross_attention_dim)
-
-    @property
-    def transformer_layers(self) -> tuple[int, ...]:
-        return self._per_block(self.transformer_layers_per_block)
-
-    @property
-    def time_embed_dim(self) -> int:
-        return 4 * self.block_out_channels[0]
 
     @property
     def down_types(self) -> tuple[str, ...]:

@@ -20,8 +20,33 @@ GROUPS = 32  # every GroupNorm in the SVD UNet uses 32 groups
 _IGNORED_KEYS = ("sample_size",)
 
 
+class PerBlockViews:
+    """What diffusers' UNet configs share: settings given as one int or one value per resolution level, read per
+    level (`layers`, `context_dims`, `transformer_layers`), and the time embedding's width (4 × the first level's).
+    Mixed into UNetConfig (SVD) and UNet2DConditionConfig (SD-1.5); each names its own head-count key."""
+
+    def _per_block(self, v) -> tuple:
+        return (v,) * len(self.block_out_channels) if isinstance(v, int) else tuple(v)
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return self._per_block(self.layers_per_block)
+
+    @property
+    def context_dims(self) -> tuple[int, ...]:
+        return self._per_block(self.cross_attention_dim)
+
+    @property
+    def transformer_layers(self) -> tuple[int, ...]:
+        return self._per_block(self.transformer_layers_per_block)
+
+    @property
+    def time_embed_dim(self) -> int:
+        return 4 * self.block_out_channels[0]
+
+
 @dataclasses.dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(PerBlockViews):
     """Architecture of the SVD spatio-temporal UNet. Defaults are SVD's (stable-video-diffusion-img2vid)."""
 
     in_channels: int = 8
@@ -152,29 +177,9 @@ class UNetConfig:
         if self.projection_class_embeddings_input_dim % self.addition_time_embed_dim:
             raise UserError("projection_class_embeddings_input_dim must be a multiple of addition_time_embed_dim")
 
-    # ---- per-block views (diffusers accepts an int or one value per block) -----------------------
-    def _per_block(self, v):
-        return (v,) * len(self.block_out_channels) if isinstance(v, int) else tuple(v)
-
-    @property
-    def layers(self) -> tuple[int, ...]:
-        return self._per_block(self.layers_per_block)
-
     @property
     def heads(self) -> tuple[int, ...]:
         return self._per_block(self.num_attention_heads)
-
-    @property
-    def context_dims(self) -> tuple[int, ...]:
-        return self._per_block(self.cross_attention_dim)
-
-    @property
-    def transformer_layers(self) -> tuple:
-        return self._per_block(self.transformer_layers_per_block)
-
-    @property
-    def time_embed_dim(self) -> int:
-        return 4 * self.block_out_channels[0]
 
     @property
     def num_added_time_ids(self) -> int:
