@@ -151,15 +151,7 @@ class UNet2DConditionConfig(PerBlockViews):
         return d
 
     def __post_init__(self):
-        for name in ("in_channels", "out_channels", "norm_num_groups"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise UserError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if not all(isinstance(c, int) and c > 0 for c in self.block_out_channels):
-            raise UserError(f"block_out_channels must be positive integers, got {self.block_out_channels!r}")
-        n = len(self.block_out_channels)
-        if len(self.down_block_types) != n or len(self.up_block_types) != n:
-            raise UserError(f"down_block_types ({len(self.down_block_types)}), up_block_types "
-                            f"({len(self.up_block_types)}) and block_out_channels ({n}) must have the same length")
+        n = self._check_levels("in_channels", "out_channels", "norm_num_groups")
         for t in self.down_block_types:
             if t not in DOWN_BLOCK_TYPES:
                 raise UserError(f"unsupported down block type {t!r}; expected one of {DOWN_BLOCK_TYPES}")

@@ -21,9 +21,24 @@ _IGNORED_KEYS = ("sample_size",)
 
 
 class PerBlockViews:
-    """What diffusers' UNet configs share: settings given as one int or one value per resolution level, read per
-    level (`layers`, `context_dims`, `transformer_layers`), and the time embedding's width (4 × the first level's).
+    """What diffusers' UNet configs share: the per-level structure check (`_check_levels`), settings given as one
+    int or one value per resolution level, read per level (`layers`, `context_dims`, `transformer_layers`), and the
+    time embedding's width (4 × the first level's).
     Mixed into UNetConfig (SVD) and UNet2DConditionConfig (SD-1.5); each names its own head-count key."""
+
+    def _check_levels(self, *positive: str) -> int:
+        """UserError unless the named fields are positive integers, block_out_channels too, and the down/up block
+        types give one per level; returns the number of levels."""
+        for name in positive:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise UserError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not all(isinstance(c, int) and c > 0 for c in self.block_out_channels):
+            raise UserError(f"block_out_channels must be positive integers, got {self.block_out_channels!r}")
+        n = len(self.block_out_channels)
+        if len(self.down_block_types) != n or len(self.up_block_types) != n:
+            raise UserError(f"down_block_types ({len(self.down_block_types)}), up_block_types "
+                            f"({len(self.up_block_types)}) and block_out_channels ({n}) must have the same length")
+        return n
 
     def _per_block(self, v) -> tuple:
         return (v,) * len(self.block_out_channels) if isinstance(v, int) else tuple(v)
@@ -138,17 +153,8 @@ class UNetConfig(PerBlockViews):
         return all(getattr(self, k) == getattr(UNetConfig, k) for k in MOBILEVD_KEYS)
 
     def __post_init__(self):
-        for name in ("in_channels", "out_channels", "addition_time_embed_dim", "projection_class_embeddings_input_dim"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise UserError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if not all(isinstance(c, int) and c > 0 for c in self.block_out_channels):
-            raise UserError(f"block_out_channels must be positive integers, got {self.block_out_channels!r}")
-        n = len(self.block_out_channels)
-        if len(self.down_block_types) != n or len(self.up_block_types) != n:
-            raise UserError(
-                f"down_block_types ({len(self.down_block_types)}), up_block_types ({len(self.up_block_types)}) "
-                f"and block_out_channels ({n}) must have the same length"
-            )
+        n = self._check_levels("in_channels", "out_channels", "addition_time_embed_dim",
+                               "projection_class_embeddings_input_dim")
         for t in self.down_block_types:
             if t not in DOWN_BLOCK_TYPES:
                 raise UserError(f"unsupported down block type {t!r}; expected one of {DOWN_BLOCK_TYPES}")
