@@ -51,7 +51,7 @@ from mvd_jax.models.clockwork import (ClockworkAdaptor, ClockworkConfig, abstrac
                                       clockwork_parts, identity_adaptor)
 from mvd_jax.models.unet_split import forward_high_in, forward_high_out, forward_low
 from mvd_jax.train import sharding as shd
-from mvd_jax.train.model_state import ParamCodec, make_optimizer
+from mvd_jax.train.model_state import PairCodec, ParamCodec, make_optimizer
 from mvd_jax.train.programs import Programs, build_loss_programs
 
 PHASE = "clockwork"
@@ -68,32 +68,13 @@ def adaptor_config(cfg) -> ClockworkConfig:
                                     int(cw.num_res_blocks))
 
 
-class ClockworkCodec:
-    """The teacher UNet's and the adaptor's parameters as one flat dict (ParamCodec's interface, for the shared
-    step): the UNet's keys as every phase stores them, the adaptor's behind PARAM_PREFIX. merge → (unet,
-    adaptor); to_dict takes the pair."""
+class ClockworkCodec(PairCodec):
+    """The teacher UNet's and the adaptor's parameters as one flat dict (train/model_state.PairCodec): the UNet's
+    keys as every phase stores them, the adaptor's behind PARAM_PREFIX. merge → (unet, adaptor)."""
 
     def __init__(self, unet, adaptor):
-        self.unet, self.adaptor = ParamCodec(unet), ParamCodec(adaptor)
-        self.adaptor_keys = [PARAM_PREFIX + k for k in self.adaptor.keys]
-        self.keys = self.unet.keys + self.adaptor_keys
-
-    def _both(self, unet_part: dict, adaptor_part: dict) -> dict:
-        return {**unet_part, **{PARAM_PREFIX + k: v for k, v in adaptor_part.items()}}
-
-    def merge(self, params: dict):
-        n = len(PARAM_PREFIX)
-        return (self.unet.merge(params),
-                self.adaptor.merge({k[n:]: params[k] for k in self.adaptor_keys}))
-
-    def to_dict(self, pair) -> dict:
-        return self._both(self.unet.to_dict(pair[0]), self.adaptor.to_dict(pair[1]))
-
-    def logical_axes(self) -> dict:
-        return self._both(self.unet.logical_axes(), self.adaptor.logical_axes())
-
-    def shapes(self) -> dict:
-        return self._both(self.unet.shapes(), self.adaptor.shapes())
+        super().__init__(unet, adaptor, PARAM_PREFIX)
+        self.adaptor_keys = self.second_keys
 
 
 # =============================================================================================

@@ -50,6 +50,35 @@ class ParamCodec:
         return {k: jax.ShapeDtypeStruct(var.shape, var.dtype) for k, (_, var) in zip(self.keys, self.flat)}
 
 
+class PairCodec:
+    """Two modules' parameters as one flat dict (ParamCodec's interface, for the shared step): the first's keys
+    as they are — so a run's checkpoint reads like a one-model run of it — the second's behind `prefix`
+    (Clockwork's adaptor beside its UNet, a distillation teacher beside its student). merge → (first, second);
+    to_dict takes the pair."""
+
+    def __init__(self, first, second, prefix: str):
+        self.prefix = prefix
+        self.first, self.second = ParamCodec(first), ParamCodec(second)
+        self.second_keys = [prefix + k for k in self.second.keys]
+        self.keys = self.first.keys + self.second_keys
+
+    def _both(self, first_part: dict, second_part: dict) -> dict:
+        return {**first_part, **{self.prefix + k: v for k, v in second_part.items()}}
+
+    def merge(self, params: dict):
+        n = len(self.prefix)
+        return self.first.merge(params), self.second.merge({k[n:]: params[k] for k in self.second_keys})
+
+    def to_dict(self, pair) -> dict:
+        return self._both(self.first.to_dict(pair[0]), self.second.to_dict(pair[1]))
+
+    def logical_axes(self) -> dict:
+        return self._both(self.first.logical_axes(), self.second.logical_axes())
+
+    def shapes(self) -> dict:
+        return self._both(self.first.shapes(), self.second.shapes())
+
+
 def trainable_keys(keys, spec: str) -> list[str]:
     pattern = re.compile(TRAINABLE_GROUPS.get(spec, spec))
     chosen = [k for k in keys if pattern.search(k)]
