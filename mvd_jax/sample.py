@@ -13,6 +13,8 @@ adversarial run sampled with --steps 1) or a diffusers unet folder; the VAE and 
 is mp4 (H.264) or, with a .gif name, a gif; it appears only when complete. Guidance: the scale rises
 over frames from --min_guidance_scale to --max_guidance_scale (default 3.0 with several steps; with
 --steps 1, the distilled model's setting, the default is 1.0: no guidance, one UNet evaluation).
+A guidance-distilled UNet (`--unet` of a guidance_distill run, train/guidance_distill.py) reads the scale
+itself: one UNet evaluation per step with the ramp 1 → --max_guidance_scale.
 `--clockwork` samples with Clockwork Diffusion (models/clockwork.py): the full UNet on the first step and every
 --clock-th step, on the others the UNet's high-resolution parts around an adaptor that estimates the
 low-resolution features from the previous step's — `identity` (reuse them; the cut below UNet level

@@ -241,7 +241,8 @@ POSITIVE = Int(1)
 # =============================================================================================
 KNOWN_KEYS = {
     "name": "short identifier used in tables and run directories",
-    "model": "UNet architecture, keyed like diffusers' UNetSpatioTemporalConditionModel config",
+    "model": "UNet architecture, keyed like diffusers' UNetSpatioTemporalConditionModel config (the editing phases: "
+             "UNet2DConditionModel's)",
     "frames": "number of video frames",
     "height": "video height in pixels",
     "width": "video width in pixels",
@@ -255,6 +256,8 @@ KNOWN_KEYS = {
     "adversarial": "the single-step adversarial phase: D heads, σ sets, losses, G/D optimizers",
     "tiny_autoencoder": "the tiny (TAESD-style) autoencoder the decoder_distill phase trains, and its losses",
     "clockwork": "the Clockwork adaptor the clockwork phase distils from the frozen UNet's sampling trajectories",
+    "edit": "MoViE's editing phases (instruct_pix2pix, guidance_distill): text encoder, noise schedule, samples",
+    "guidance": "the guidance_distill phase: which model (MoViE's editing UNet or SVD's), the scales' ranges",
     "mesh": "device mesh sizes: data, fsdp, tensor (−1 = fill)",
     "init_from": "an SVD diffusers folder, or a previous stage's workdir, to initialise the UNet from",
     "init_ema": "start from the previous stage's EMA weights (True) or its raw weights",
@@ -295,6 +298,9 @@ def defaults() -> ml_collections.ConfigDict:
         # learns to reconstruct clips, train/vae_train.py)
         # | clockwork (a Clockwork Diffusion adaptor learns the frozen UNet's low-resolution features from the previous
         # sampling step's, train/clockwork_distill.py)
+        # | instruct_pix2pix (MoViE's image-editing UNet on instruction-edit pairs, train/edit_training.py; `model`
+        # holds diffusers' UNet2DConditionModel keys) | guidance_distill (its 3-pass guidance distilled into one
+        # pass that reads the scales, train/guidance_distill.py)
         phase="diffusion",
         steps=100,
         batch_size=4,  # global
@@ -369,6 +375,25 @@ def defaults() -> ml_collections.ConfigDict:
                        clip_norm=1.0,  # 0: no clipping
                        ema_decay=0.999,
                        ema_warmup=True)  # decay min(ema_decay, (1+n)/(10+n)) at update n (diffusers' EMAModel)
+    # MoViE's editing phases (train.phase instruct_pix2pix / guidance_distill; train/edit_training.py). text_encoder:
+    # a folder with text_encoder/ and tokenizer/ (an InstructPix2Pix pipeline folder), or "" for a small random
+    # CLIP text model (text_* sizes, text_seed) on a byte vocabulary of max_length tokens; scheduler: a pipeline
+    # folder's scheduler/ for the DDPM noise schedule, "" for SD-1.5's. cond_dropout: InstructPix2Pix's condition
+    # dropout p (text only u < p, both p ≤ u < 2p, image only 2p ≤ u < 3p). sample_*: the sample sheets' edits.
+    # triplets: a JSON-lines manifest of (input, instruction, edited) images (data/edit_triplets.py; the
+    # InstructPix2Pix dataset's form); "": the frames of data.videos with programmatic edits (data/edit_pairs.py)
+    c.edit = dict(triplets="", text_encoder="", max_length=32, text_hidden_size=32, text_layers=2, text_heads=2,
+                  text_seed=0, scheduler="", cond_dropout=0.05, sample_steps=10, sample_image_guidance=1.5,
+                  sample_text_guidance=7.5)
+    # Guidance distillation (train.phase guidance_distill, train/guidance_distill.py): the guided teacher (init_from)
+    # distilled into a student that reads its guidance scales. model: "instruct_pix2pix" (MoViE: 3 passes → 1;
+    # `model` holds the editing UNet's diffusers keys, the batch is the editing phases') or "svd" (SVD's frame-wise
+    # guidance, 2 passes → 1; `model` is the SVD UNet, the batch the diffusion phase's). Per example the scales
+    # are drawn uniformly: s_I from [image_min, image_max], s_T from [text_min, text_max] (the paper: [1, 3],
+    # [2, 14]); SVD's ramp 1 → s over the frames with s from [svd_scale_min, svd_scale_max]. seed: the student's
+    # guidance-embedding MLP (its projections start at zero).
+    c.guidance = dict(model="instruct_pix2pix", image_min=1.0, image_max=3.0, text_min=2.0, text_max=14.0,
+                      svd_scale_min=1.0, svd_scale_max=3.0, seed=0)
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.init_from = ""  # an SVD diffusers folder (or its unet/), or a previous stage's workdir (train/stages.py)
     c.init_ema = True  # from a previous stage: start from its EMA weights (False: its raw weights)
@@ -376,7 +401,19 @@ def defaults() -> ml_collections.ConfigDict:
     return c
 
 
-SECTIONS = ("data", "autoencoder", "train", "adversarial", "tiny_autoencoder", "clockwork", "optimizer", "mesh")
+SECTIONS = ("data", "autoencoder", "train", "adversarial", "tiny_autoencoder", "clockwork", "edit", "guidance",
+            "optimizer", "mesh")
+EDIT_PHASES = ("instruct_pix2pix", "guidance_distill")  # train/edit_training.py (and train/guidance_distill.py)
+
+
+def edits_images(cfg) -> bool:
+    """The config trains MoViE's image-editing UNet (`model` holds UNet2DConditionModel keys): train.phase
+    instruct_pix2pix, or guidance_distill with guidance.model "instruct_pix2pix"."""
+    phase = value_at(cfg, "train.phase")
+    return phase == "instruct_pix2pix" or (phase == "guidance_distill"
+                                           and value_at(cfg, "guidance.model") != "svd")
+
+
 TRAINABLE_GROUPS = ("all", "temporal", "gates", "funnels", "funnels_gates", "none")  # train/model_state.py
 MESH_SIZE = Int(1, also=(-1,))  # −1: whatever the devices leave
 UNIT = Float(0, 1)
@@ -401,11 +438,12 @@ RULES: dict[str, Rule] = {
     "model.temporal_gating": Choice((None, "sampled", "l1")), "model.pruned_temporal_blocks": Each(Text()),
     "model.funnel_factor": Float(0, 1, min_open=True, optional=True), "model.funnel_target": Choice(("attention", "conv")),
     "model.funnels_merged": Flag(), "model.low_rank_factor": Float(0, 1, min_open=True, optional=True),
+    "model.guidance_scales": Int(0),
     # ---- data ----
     "data.videos": Text(), "data.cache": Text(), "data.fps": Float(min=0), "data.crop": Choice(("random", "center")),
     "data.workers": Int(0), "data.motion_bucket_id": Int(0),
     # ---- autoencoder ----
-    "autoencoder.kind": Choice(("pixel", "svd", "random_vae", "vae")), "autoencoder.checkpoint": Text(), "autoencoder.pixel_factor": POSITIVE,
+    "autoencoder.kind": Choice(("pixel", "svd", "random_vae", "vae", "sd_vae")), "autoencoder.checkpoint": Text(), "autoencoder.pixel_factor": POSITIVE,
     "autoencoder.pixel_scaling_factor": Float(0, min_open=True),
     "autoencoder.pixel_basis": Text(), "autoencoder.pixel_channels": Int(0),
     "autoencoder.clip_hidden_size": POSITIVE, "autoencoder.clip_layers": POSITIVE, "autoencoder.clip_heads": POSITIVE,
@@ -415,7 +453,7 @@ RULES: dict[str, Rule] = {
     "autoencoder.vae_scaling_factor": Float(0, min_open=True), "autoencoder.vae_seed": SEED,
     "autoencoder.kl_weight": Float(min=0),
     # ---- train ----
-    "train.phase": Choice(("diffusion", "adversarial", "decoder_distill", "autoencoder", "clockwork")),
+    "train.phase": Choice(("diffusion", "adversarial", "decoder_distill", "autoencoder", "clockwork", *EDIT_PHASES)),
     "train.steps": Int(1, 2**31 - 1),  # the step counter is an int32 in the compiled step
     "train.batch_size": POSITIVE, "train.seed": SEED, "train.p_mean": Float(), "train.p_std": Float(min=0, min_open=True), "train.cond_dropout": UNIT,
     "train.noise_aug_p_mean": Float(), "train.noise_aug_p_std": Float(min=0),
@@ -448,6 +486,15 @@ RULES: dict[str, Rule] = {
     "clockwork.channels": Int(0), "clockwork.num_res_blocks": POSITIVE, "clockwork.seed": SEED,
     "clockwork.steps": Int(2, 1000), "clockwork.pairs": Int(0), "clockwork.min_guidance_scale": Float(min=0),
     "clockwork.max_guidance_scale": Float(min=0), "clockwork.clock": POSITIVE,
+    # ---- edit ----
+    "edit.triplets": Text(), "edit.text_encoder": Text(), "edit.max_length": Int(2), "edit.text_hidden_size": POSITIVE,
+    "edit.text_layers": POSITIVE, "edit.text_heads": POSITIVE, "edit.text_seed": SEED, "edit.scheduler": Text(),
+    "edit.cond_dropout": Float(0, 1 / 3), "edit.sample_steps": POSITIVE, "edit.sample_image_guidance": Float(min=0),
+    "edit.sample_text_guidance": Float(min=0),
+    # ---- guidance ----
+    "guidance.model": Choice(("instruct_pix2pix", "svd")), "guidance.image_min": Float(min=0),
+    "guidance.image_max": Float(min=0), "guidance.text_min": Float(min=0), "guidance.text_max": Float(min=0),
+    "guidance.svd_scale_min": Float(min=1), "guidance.svd_scale_max": Float(min=1), "guidance.seed": SEED,
     # ---- optimizer ----
     "optimizer.learning_rate": Float(min=0), "optimizer.warmup_steps": Int(0),
     "optimizer.decay_start": Int(0), "optimizer.decay_steps": Int(0), "optimizer.decay_to": UNIT, "optimizer.b1": BETA,
@@ -587,8 +634,12 @@ def value_at(config, dotted: str):
 
 
 def _check_rules(config) -> None:
-    """Every key the config holds meets its rule (keys it does not hold are skipped)."""
+    """Every key the config holds meets its rule (keys it does not hold are skipped). The editing phases' `model`
+    is an image UNet's (UNet2DConditionConfig checks it, _check_edit)."""
+    editing = edits_images(config)
     for key in schema_keys():
+        if editing and key.startswith("model."):
+            continue
         value = value_at(config, key)
         if value is not MISSING:
             RULES[key].check(key, _to_plain(value))
@@ -600,6 +651,12 @@ def _check_combinations(cfg) -> None:
     from mvd_jax.models.discriminator import DiscriminatorConfig
     from mvd_jax.models.gates import temporal_block_names
 
+    if edits_images(cfg):
+        _check_edit(cfg)
+        return
+    if cfg.autoencoder.kind == "sd_vae":
+        raise UserError("autoencoder.kind 'sd_vae' (Stable Diffusion's image VAE) serves the editing phases "
+                        f"{EDIT_PHASES}; video phases use 'svd', 'vae', 'random_vae' or 'pixel'")
     try:
         unet = unet_config(cfg)
     except UserError as e:
@@ -651,11 +708,63 @@ def _check_combinations(cfg) -> None:
             raise UserError(f"autoencoder: {e}") from None
     if t.phase == "clockwork":
         _check_clockwork(cfg, unet)
+    if t.phase == "guidance_distill":  # guidance.model "svd" (the editing model's is checked by _check_edit)
+        g = cfg.guidance
+        if not cfg.init_from:
+            raise UserError("train.phase 'guidance_distill' distils a trained UNet: init_from must name it (a run "
+                            "directory or an SVD / UNet folder)")
+        if unet.guidance_scales or unet.temporal_gating is not None:
+            raise UserError("train.phase 'guidance_distill' adds the guidance embedding to the student itself: the "
+                            "teacher's model.guidance_scales must stay 0 and model.temporal_gating None")
+        if g.svd_scale_min > g.svd_scale_max:
+            raise UserError(f"guidance.svd_scale_min {g.svd_scale_min} > guidance.svd_scale_max {g.svd_scale_max}")
     if t.phase == "adversarial":
         try:
             DiscriminatorConfig(**_to_plain(cfg.adversarial.discriminator))
         except UserError as e:
             raise UserError(f"adversarial.discriminator: {e}") from None
+
+
+def _check_edit(cfg) -> None:
+    """The editing phases: an image UNet (diffusers' UNet2DConditionModel keys) fed by the pixel or SD autoencoder,
+    raw videos, guidance ranges in order."""
+    from mvd_jax.models.unet2d_config import UNet2DConditionConfig
+
+    try:
+        unet = UNet2DConditionConfig.from_dict(_to_plain(cfg.model))
+    except UserError as e:
+        raise UserError(f"model (an image UNet's diffusers keys in the editing phases): {e}") from None
+    a, e, t, g = cfg.autoencoder, cfg.edit, cfg.train, cfg.guidance
+    if a.kind not in ("pixel", "sd_vae"):
+        raise UserError(f"train.phase {t.phase!r} edits images: autoencoder.kind must be 'pixel' or 'sd_vae' (an "
+                        f"SD VAE folder in autoencoder.checkpoint), not {a.kind!r}")
+    if a.kind == "sd_vae" and not a.checkpoint:
+        raise UserError("autoencoder.kind 'sd_vae' needs autoencoder.checkpoint (an InstructPix2Pix / SD pipeline "
+                        "folder, or its vae/)")
+    if cfg.data.cache:
+        raise UserError(f"train.phase {t.phase!r} edits raw frames: data.cache is not supported there")
+    if unet.guidance_scales:
+        raise UserError("model.guidance_scales must stay 0: the guidance_distill phase adds the guidance embedding "
+                        "to the student itself")
+    for name in ("image", "text"):
+        lo, hi = g[f"{name}_min"], g[f"{name}_max"]
+        if lo > hi:
+            raise UserError(f"guidance.{name}_min {lo} > guidance.{name}_max {hi}")
+    factor, channels = latent_geometry(cfg)
+    if cfg.height % factor or cfg.width % factor:
+        raise UserError(f"height/width {cfg.height}×{cfg.width} must be multiples of the autoencoder's factor {factor}")
+    if unet.in_channels != 2 * channels or unet.out_channels != channels:
+        raise UserError(f"the editing UNet takes {unet.in_channels} channels in and {unet.out_channels} out; the "
+                        f"autoencoder gives {channels}-channel latents (in = 2·{channels}, out = {channels})")
+    if not e.text_encoder and any(d != e.text_hidden_size for d in unet.context_dims):
+        raise UserError(f"model.cross_attention_dim {unet.cross_attention_dim} must equal edit.text_hidden_size "
+                        f"{e.text_hidden_size} (the random text encoder's width)")
+    if not e.text_encoder and e.text_hidden_size % e.text_heads:
+        raise UserError(f"edit.text_hidden_size {e.text_hidden_size} is not divisible by edit.text_heads "
+                        f"{e.text_heads}")
+    if t.phase == "guidance_distill" and not cfg.init_from:
+        raise UserError("train.phase 'guidance_distill' distils a trained editing UNet: init_from must name it (an "
+                        "InstructPix2Pix pipeline or unet/ folder, or an 'instruct_pix2pix' run)")
 
 
 def _check_clockwork(cfg, unet: UNetConfig) -> None:
@@ -701,6 +810,16 @@ def latent_geometry(cfg) -> tuple[int, int]:
     diffusers VAE's from its folder's vae/config.json when the checkpoint is there (not every one is
     SVD's), else SVD's 8× with 4 channels; the pixel stand-in folds f×f RGB blocks into 3·f² channels."""
     a = cfg.autoencoder
+    if a.kind == "sd_vae":
+        folder = storage.path(a.checkpoint) if a.checkpoint else None
+        if folder is not None and (folder / "vae" / "config.json").is_file():
+            folder = folder / "vae"
+        if folder is not None and (folder / "config.json").is_file():
+            from mvd_jax.convert.diffusers_sd_vae import read_sd_vae_config
+
+            vae = read_sd_vae_config(folder)
+            return vae.downsampling_factor, vae.latent_channels
+        return 8, 4
     if a.kind == "svd":
         folder = storage.path(a.checkpoint) / "vae" if a.checkpoint else None
         if folder is not None and (folder / "config.json").is_file():

@@ -229,15 +229,16 @@ def format_clockwork_table(rows: list[dict]) -> str:
 MOVIE_STAGES = (
     ("base (InstructPix2Pix)", "base", "vae", 10, 3, 21.31),
     ("+ Mobile-Pix2Pix (+ TAESD)", "mobile", "taesd", 10, 3, 16.10),
-    ("+ multimodal guidance distillation", "mobile", "taesd", 10, 1, 5.50),
-    ("+ adversarial step distillation", "mobile", "taesd", 1, 1, 0.76),
+    ("+ multimodal guidance distillation", "distilled", "taesd", 10, 1, 5.50),
+    ("+ adversarial step distillation", "distilled", "taesd", 1, 1, 0.76),
 )
 MOVIE_SIZE = (480, 480)  # MoViE's TGVE evaluation size (height, width)
 
 
 def movie_rows(height: int = MOVIE_SIZE[0], width: int = MOVIE_SIZE[1], *, xla: bool = True) -> list[dict]:
     """MoViE's stages: TFLOPs of one edited frame (UNet passes + the autoencoder's encode and decode), counted from
-    the jaxprs of SD-1.5's InstructPix2Pix UNet (and its Mobile-Pix2Pix form), SD's VAE and TAESD, all abstract.
+    the jaxprs of SD-1.5's InstructPix2Pix UNet (its Mobile-Pix2Pix form, and that with the guidance embedding of
+    multimodal guidance distillation: one pass per step), SD's VAE and TAESD, all abstract.
     xla: also XLA's cost analysis of each UNet pass (lowers the full-size UNet: seconds)."""
     from mvd_jax.convert.diffusers_sd_vae import abstract_sd_vae
     from mvd_jax.convert.diffusers_tiny_autoencoder import abstract_tiny_autoencoder
@@ -255,13 +256,18 @@ def movie_rows(height: int = MOVIE_SIZE[0], width: int = MOVIE_SIZE[1], *, xla: 
     latent = jax.ShapeDtypeStruct((1, height // f, width // f, 4), jnp.float32)
     unets, autoencoders = {}, {}
     for kind, config in (("base", UNet2DConditionConfig.instruct_pix2pix()),
-                         ("mobile", UNet2DConditionConfig.instruct_pix2pix(drop_top_attention=True))):
+                         ("mobile", UNet2DConditionConfig.instruct_pix2pix(drop_top_attention=True)),
+                         ("distilled", UNet2DConditionConfig.instruct_pix2pix(drop_top_attention=True,
+                                                                               guidance_scales=2))):
         unet = abstract_unet2d(config)
         graphdef, state = nnx.split(unet)
         inputs = (jax.ShapeDtypeStruct((1, height // f, width // f, config.in_channels), jnp.float32),
                   jax.ShapeDtypeStruct((1,), jnp.float32),
                   jax.ShapeDtypeStruct((1, 77, config.cross_attention_dim), jnp.float32))
-        forward = lambda st, *a: nnx.merge(graphdef, st)(*a)
+        if config.guidance_scales:  # the student reads [s_I, s_T]
+            inputs += (jax.ShapeDtypeStruct((1, config.guidance_scales), jnp.float32),)
+        forward = lambda st, x, t, c, *g, graphdef=graphdef: nnx.merge(graphdef, st)(
+            x, t, c, guidance=g[0] if g else None)
         jaxpr = jax.make_jaxpr(forward)(state, *inputs)
         flops = count_flops(forward, state, *inputs) if xla else {"flops": jaxpr_flops(jaxpr), "xla_flops": float("nan")}
         core = jaxpr_flops(jaxpr, scope=ATTENTION_CORE_SCOPE)

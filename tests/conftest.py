@@ -125,7 +125,7 @@ def gcs(env, gcs_server):
 LONG_FILES = ("test_adversarial_train.py", "test_train_compile.py", "test_mobilevd_options.py",
               "test_train_multidevice.py", "test_funnels.py", "test_unet_vs_diffusers.py", "test_train.py",
               "test_pipeline_vs_diffusers.py", "test_fvd.py", "test_decoder_distill.py", "test_stages.py",
-              "test_gcs_workdir.py", "test_clockwork.py",
+              "test_gcs_workdir.py", "test_clockwork.py", "test_guidance_distill.py",
               "test_export.py", "test_train_numerics.py", "test_tables_paper.py", "test_discriminator.py",
               "test_vae_vs_diffusers.py")
 

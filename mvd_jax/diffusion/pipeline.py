@@ -136,6 +136,10 @@ class ImageToVideo:
         check_options(o, self.vae_scale)
         if o.clock > 1 and self.adaptor is None:
             raise UserError(f"clock {o.clock} needs a Clockwork adaptor (ImageToVideo(..., adaptor=...))")
+        if self.unet.config.guidance_scales and (o.min_guidance_scale != 1.0 or o.clock > 1):
+            raise UserError("a guidance-distilled UNet samples its frame-wise guidance in one pass per step from a "
+                            f"ramp starting at 1 (min_guidance_scale 1, got {o.min_guidance_scale}) and without a "
+                            "Clockwork clock")
 
     def condition(self, image: Image.Image, o: SampleOptions, image_noise=None):
         """(conditioning latent (1, h, w, C), image embedding (1, 1, D), added time ids (1, 3))."""
@@ -163,11 +167,20 @@ class ImageToVideo:
             sigmas = edm.karras_sigmas(o.steps)
             loop_options = dict(min_scale=o.min_guidance_scale, max_scale=o.max_guidance_scale, on_step=self._step_hook)
 
+            distilled = bool(self.unet.config.guidance_scales)
+            if distilled:  # a guidance-distilled UNet: one pass per step, told the ramp's top scale
+                loop_options.update(min_scale=1.0, max_scale=1.0)
+
             @jax.jit
             def run(state, noise, cond, embeds, ids):
                 if o.clock == 1:
                     model = nnx.merge(graphdef, state)
-                    return samplers.euler_sample(lambda *a: model(*a), noise, sigmas, cond, embeds, ids, **loop_options)
+                    if distilled:
+                        top = jnp.full((noise.shape[0], 1), o.max_guidance_scale, jnp.float32)
+                        fn = lambda *a: model(*a, guidance=top)
+                    else:
+                        fn = lambda *a: model(*a)
+                    return samplers.euler_sample(fn, noise, sigmas, cond, embeds, ids, **loop_options)
                 parts = clockwork_parts(*nnx.merge(graphdef, state))
                 return samplers.clockwork_euler_sample(parts, noise, sigmas, cond, embeds, ids, clock=o.clock,
                                                        **loop_options)

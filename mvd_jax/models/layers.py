@@ -55,11 +55,12 @@ def _torch_default_init(fan_in: int):
 
 
 class Linear(nnx.Module):
-    """y = x @ kernel + bias.  kernel: (in_features, out_features) = torch weight transposed."""
+    """y = x @ kernel + bias.  kernel: (in_features, out_features) = torch weight transposed.
+    `zero_init`: kernel and bias start at 0 (a new branch that must not change a pretrained model's output)."""
 
     def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs, use_bias: bool = True,
-                 axes: Axes = ("embed", "mlp")):
-        init = _torch_default_init(in_features)
+                 axes: Axes = ("embed", "mlp"), zero_init: bool = False):
+        init = nnx.initializers.zeros if zero_init else _torch_default_init(in_features)
         self.kernel = param(rngs, init, (in_features, out_features), axes)
         self.bias = param(rngs, init, (out_features,), (axes[1],)) if use_bias else None
 

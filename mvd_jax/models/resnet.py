@@ -28,15 +28,24 @@ class ResnetBlock2D(nnx.Module):
     funnel_dim channels and conv2 reads them directly.
 
     `groups`: the GroupNorms' group count (32 in SVD; SD-1.5's UNet config may set another, norm_num_groups).
+
+    `guidance_channels` (MoViE's multimodal guidance distillation, models/guidance_embedding.py): the block also
+    takes a guidance-scale embedding, the way it takes the time embedding — `guidance_emb_proj(SiLU(g))` added
+    beside `time_emb_proj(SiLU(temb))` — and `temb` then arrives as [time embedding ‖ g] (temb_channels +
+    guidance_channels wide), so the UNet's blocks pass one embedding as before. `guidance_emb_proj` starts at
+    zero: a block built from a checkpoint without it computes exactly what the checkpoint did.
     """
 
     def __init__(self, in_channels: int, out_channels: int, temb_channels: int, *, eps: float, rngs: nnx.Rngs,
-                 funnel_dim: int | None = None, funnels_merged: bool = False, groups: int = 32):
+                 funnel_dim: int | None = None, funnels_merged: bool = False, groups: int = 32,
+                 guidance_channels: int | None = None):
         inner = funnel_dim if (funnel_dim and funnels_merged) else out_channels
         mid = funnel_dim or out_channels
         self.norm1 = GroupNorm(in_channels, num_groups=groups, eps=eps, rngs=rngs)
         self.conv1 = Conv(in_channels, inner, (3, 3), rngs=rngs)
         self.time_emb_proj = Linear(temb_channels, inner, rngs=rngs) if temb_channels is not None else None
+        self.guidance_emb_proj = (Linear(guidance_channels, inner, zero_init=True, rngs=rngs)
+                                  if guidance_channels else None)
         if funnel_dim and not funnels_merged:
             self.funnel_1 = Linear(out_channels, funnel_dim, use_bias=False, axes=("conv_out", None), rngs=rngs)
             self.funnel_2 = Linear(funnel_dim, out_channels, use_bias=False, axes=(None, "conv_in"), rngs=rngs)
@@ -48,6 +57,10 @@ class ResnetBlock2D(nnx.Module):
 
     def __call__(self, x, temb=None):
         h = self.conv1(jax.nn.silu(self.norm1(x)))
+        if self.guidance_emb_proj is not None:  # temb = [time embedding ‖ guidance embedding]
+            width = self.time_emb_proj.kernel.shape[0]
+            temb, g = temb[..., :width], temb[..., width:]
+            h = h + self.guidance_emb_proj(jax.nn.silu(g))[:, None, None, :]
         if self.time_emb_proj is not None:
             h = h + self.time_emb_proj(jax.nn.silu(temb))[:, None, None, :]
         if self.funnel_1 is not None:
@@ -68,10 +81,13 @@ class TemporalResnetBlock(nnx.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, temb_channels: int | None, *, eps: float,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs, guidance_channels: int | None = None):
         self.norm1 = GroupNorm(in_channels, eps=eps, rngs=rngs)
         self.conv1 = Conv(in_channels, out_channels, (3, 1, 1), padding=(1, 0, 0), rngs=rngs)
         self.time_emb_proj = Linear(temb_channels, out_channels, rngs=rngs) if temb_channels is not None else None
+        # guidance-distilled UNets: as in ResnetBlock2D, temb = [time ‖ guidance embedding], a zero-init projection
+        self.guidance_emb_proj = (Linear(guidance_channels, out_channels, zero_init=True, rngs=rngs)
+                                  if guidance_channels else None)
         self.norm2 = GroupNorm(out_channels, eps=eps, rngs=rngs)
         self.conv2 = Conv(out_channels, out_channels, (3, 1, 1), padding=(1, 0, 0), rngs=rngs)
         self.conv_shortcut = (Conv(in_channels, out_channels, (1, 1, 1), rngs=rngs)
@@ -80,6 +96,10 @@ class TemporalResnetBlock(nnx.Module):
     def __call__(self, x, temb=None):
         # x: (B, T, H, W, C); temb: (B, T, Ct) or None
         h = self.conv1(jax.nn.silu(self.norm1(x)))
+        if self.guidance_emb_proj is not None:
+            width = self.time_emb_proj.kernel.shape[0]
+            temb, g = temb[..., :width], temb[..., width:]
+            h = h + self.guidance_emb_proj(jax.nn.silu(g))[:, :, None, None, :]
         if self.time_emb_proj is not None:
             h = h + self.time_emb_proj(jax.nn.silu(temb))[:, :, None, None, :]
         h = self.conv2(jax.nn.silu(self.norm2(h)))
@@ -137,16 +157,16 @@ class SpatioTemporalResBlock(nnx.Module):
 
     def __init__(self, in_channels: int, out_channels: int, temb_channels: int | None, *, eps: float,
                  rngs: nnx.Rngs, temporal_eps: float | None = None, gate_index: int | None = -1,
-                 funnel: dict | None = None, mixer: dict | None = None):
+                 funnel: dict | None = None, mixer: dict | None = None, guidance_channels: int | None = None):
         self.spatial_res_block = ResnetBlock2D(in_channels, out_channels, temb_channels, eps=eps, rngs=rngs,
-                                               **(funnel or {}))
+                                               guidance_channels=guidance_channels, **(funnel or {}))
         self.gate_index = gate_index
         if gate_index is None:
             self.temporal_res_block = self.time_mixer = None
         else:
             self.temporal_res_block = TemporalResnetBlock(
                 out_channels, out_channels, temb_channels, eps=temporal_eps if temporal_eps is not None else eps,
-                rngs=rngs)
+                rngs=rngs, guidance_channels=guidance_channels)
             # `mixer`: AlphaBlender options; the VAE decoder passes alpha 0, "learned", switched.
             self.time_mixer = AlphaBlender(**{"alpha": 0.5, **(mixer or {})}, rngs=rngs)
 

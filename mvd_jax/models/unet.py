@@ -27,6 +27,7 @@ from flax import nnx
 
 from mvd_jax.models import multiscale as ms
 from mvd_jax.models.gates import TemporalBlockPlan, TemporalGates
+from mvd_jax.models.guidance_embedding import GuidanceEmbedding
 from mvd_jax.models.layers import Conv, GroupNorm, TimestepEmbedding, timestep_embedding
 from mvd_jax.models.unet_blocks import (
     CrossAttnDownBlockSpatioTemporal,
@@ -51,11 +52,15 @@ class SpatioTemporalUNet(nnx.Module):
         opts = BlockOptions(plan, collapse_cross_attention=c.collapse_cross_attention,
                             attention_funnel_factor=c.funnel_factor if c.funnel_target == "attention" else None,
                             conv_funnel_factor=c.funnel_factor if c.funnel_target == "conv" else None,
-                            funnels_merged=c.funnels_merged, low_rank_factor=c.low_rank_factor)
+                            funnels_merged=c.funnels_merged, low_rank_factor=c.low_rank_factor,
+                            guidance_channels=temb if c.guidance_scales else None)
 
         self.conv_in = Conv(c.in_channels, boc[0], (3, 3), rngs=rngs)
         self.time_embedding = TimestepEmbedding(boc[0], temb, rngs=rngs)
         self.add_embedding = TimestepEmbedding(c.projection_class_embeddings_input_dim, temb, rngs=rngs)
+        # a guidance-distilled UNet reads its guidance scales (models/guidance_embedding.py)
+        self.guidance_embedding = (GuidanceEmbedding(c.guidance_scales, boc[0], temb, rngs=rngs)
+                                   if c.guidance_scales else None)
 
         down = []
         out_ch = boc[0]
@@ -108,11 +113,13 @@ class SpatioTemporalUNet(nnx.Module):
         return block(*args, remat=self.remat, **static)
 
     def __call__(self, sample, timestep, encoder_hidden_states, added_time_ids, image_only_indicator=None,
-                 temporal_gates=None):
+                 temporal_gates=None, guidance=None):
+        """guidance (B, guidance_scales) or (guidance_scales,): the scales a guidance-distilled UNet reads (its
+        config's guidance_scales > 0; SVD's frame-wise guidance: [the largest scale of the ramp])."""
         b, t, h, w, cin = sample.shape
         c = self.config
         top, low = block_inputs(c, self.time_embedding, self.add_embedding, sample, timestep, encoder_hidden_states,
-                                added_time_ids, image_only_indicator)
+                                added_time_ids, image_only_indicator, self.guidance_embedding, guidance)
         multiscale = c.temporal_multiscale or c.spatial_multiscale
 
         x = self.conv_in(sample.reshape(b * t, h, w, cin))
@@ -147,20 +154,21 @@ class SpatioTemporalUNet(nnx.Module):
 
 
 def block_inputs(c: UNetConfig, time_embedding, add_embedding, sample, timestep, encoder_hidden_states,
-                 added_time_ids, image_only_indicator):
+                 added_time_ids, image_only_indicator, guidance_embedding=None, guidance=None):
     """Checks the UNet's inputs and returns the blocks' per-frame inputs at full frame rate ("top") and
     below the top level ("low"; fewer frames under temporal multiscaling): dicts with the time embedding
     and context copied for every frame, the image-only indicator, the frames' positions (None: 0…T−1)
     and the frame count. Shared by the UNet and the discriminator's encoder (models/discriminator.py)."""
     return frame_inputs(c, *clip_inputs(c, time_embedding, add_embedding, sample, timestep, encoder_hidden_states,
-                                        added_time_ids, image_only_indicator))
+                                        added_time_ids, image_only_indicator, guidance_embedding, guidance))
 
 
 def clip_inputs(c: UNetConfig, time_embedding, add_embedding, sample, timestep, encoder_hidden_states,
-                added_time_ids, image_only_indicator):
+                added_time_ids, image_only_indicator, guidance_embedding=None, guidance=None):
     """Checks the UNet's inputs; (the embedding of the noise level plus the added time ids (B, Ct), the context
     (B, S, D) in the activations' dtype, image_only_indicator (B, T)): the conditioning of each clip, which
-    `frame_inputs` copies for every frame. The split forward (models/unet_split.py) keeps these between its parts."""
+    `frame_inputs` copies for every frame. The split forward (models/unet_split.py) keeps these between its parts.
+    A guidance-distilled UNet's embedding is [that ‖ the guidance embedding of `guidance`] (models/resnet.py)."""
     b, t, h, w, cin = sample.shape
     if cin != c.in_channels:
         raise ValueError(f"sample has {cin} channels, the UNet expects {c.in_channels} (channels-last input)")
@@ -173,6 +181,14 @@ def clip_inputs(c: UNetConfig, time_embedding, add_embedding, sample, timestep, 
     emb = time_embedding(timestep_embedding(timesteps, c.block_out_channels[0]).astype(dtype))
     time_embeds = timestep_embedding(added_time_ids.reshape(-1), c.addition_time_embed_dim).reshape(b, -1)
     emb = emb + add_embedding(time_embeds.astype(dtype))
+    if (guidance is None) != (guidance_embedding is None):
+        raise ValueError(f"this UNet reads {c.guidance_scales} guidance scale(s): pass guidance=(batch, "
+                         f"{c.guidance_scales})" if guidance is None else
+                         "guidance scales given to a UNet without a guidance embedding (guidance_scales=0)")
+    if guidance is not None:
+        g = jnp.asarray(guidance, jnp.float32)
+        g = jnp.broadcast_to(g.reshape(-1, c.guidance_scales) if g.ndim < 2 else g, (b, c.guidance_scales))
+        emb = jnp.concatenate([emb, guidance_embedding(g, dtype)], axis=-1)
     context = encoder_hidden_states.astype(dtype)
     if image_only_indicator is None:
         image_only_indicator = jnp.zeros((b, t), dtype)

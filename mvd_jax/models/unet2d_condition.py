@@ -28,6 +28,10 @@ MoViE options (arXiv 2412.06578, spec §6.1):
   * drop_top_attention — Mobile-Pix2Pix: the first down block and the last up block have no
     Transformer2DModels (their `attentions` are absent from the module and from the parameter set);
     they are diffusers' DownBlock2D / UpBlock2D, with the same res-block and resampler names.
+  * guidance_scales — multimodal guidance distillation's student (models/guidance_embedding.py): the call takes
+    `guidance` (B, guidance_scales), e.g. [s_I, s_T]; its embedding `guidance_embedding` is added in every
+    ResNet block through a zero-initialised `guidance_emb_proj`, so with those at zero the output equals the
+    UNet without the option.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mvd_jax.models.attention import Attention, BasicTransformerBlock
+from mvd_jax.models.guidance_embedding import GuidanceEmbedding
 from mvd_jax.models.layers import Conv, GroupNorm, Linear, TimestepEmbedding, remat_call, timestep_embedding
 from mvd_jax.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from mvd_jax.models.unet2d_config import UNet2DConditionConfig
@@ -117,6 +122,7 @@ class _Options:
 
     def resnet(self, in_ch: int, out_ch: int) -> ResnetBlock2D:
         return ResnetBlock2D(in_ch, out_ch, self.c.time_embed_dim, eps=self.c.norm_eps, groups=self.c.norm_num_groups,
+                             guidance_channels=self.c.time_embed_dim if self.c.guidance_scales else None,
                              rngs=self.rngs)
 
     def transformer(self, channels: int, heads: int, depth: int, context_dim: int) -> Transformer2DModel:
@@ -207,6 +213,9 @@ class UNet2DConditionModel(nnx.Module):
 
         self.conv_in = Conv(c.in_channels, boc[0], (3, 3), rngs=rngs)
         self.time_embedding = TimestepEmbedding(boc[0], c.time_embed_dim, rngs=rngs)
+        self.guidance_embedding = (GuidanceEmbedding(c.guidance_scales, boc[0], c.time_embed_dim,
+                                                     flip_sin_to_cos=c.flip_sin_to_cos, freq_shift=c.freq_shift,
+                                                     rngs=rngs) if c.guidance_scales else None)
 
         down, out_ch = [], boc[0]
         for i, block_type in enumerate(c.down_types):
@@ -237,11 +246,12 @@ class UNet2DConditionModel(nnx.Module):
         # pass instead of storing them (layers.remat_call) — same numbers, less memory.
         self.remat = False
 
-    def __call__(self, sample, timestep, encoder_hidden_states, *, num_frames: int = 1):
+    def __call__(self, sample, timestep, encoder_hidden_states, *, num_frames: int = 1, guidance=None):
         """sample (B, H, W, C_in), timestep (B,) or scalar, encoder_hidden_states (B, L, D) → (B, H, W, C_out).
 
         num_frames (static): frames per video for cross_frame_attention (B = videos × num_frames, each video's
-        frames consecutive); ignored when the option is off.
+        frames consecutive); ignored when the option is off. guidance (B, guidance_scales) or
+        (guidance_scales,): the scales a guidance-distilled UNet reads (required then, refused otherwise).
         """
         c = self.config
         b, h, w, cin = sample.shape
@@ -258,6 +268,14 @@ class UNet2DConditionModel(nnx.Module):
         temb = timestep_embedding(timesteps, c.block_out_channels[0], flip_sin_to_cos=c.flip_sin_to_cos,
                                   downscale_freq_shift=c.freq_shift)
         temb = self.time_embedding(temb.astype(dtype))
+        if (guidance is None) != (self.guidance_embedding is None):
+            raise ValueError(f"this UNet reads {c.guidance_scales} guidance scale(s): pass guidance=(batch, "
+                             f"{c.guidance_scales})" if guidance is None else
+                             "guidance scales given to a UNet without a guidance embedding (guidance_scales=0)")
+        if guidance is not None:  # every ResNet block reads [time ‖ guidance] (models/resnet.py)
+            g = jnp.asarray(guidance, jnp.float32)
+            g = jnp.broadcast_to(g.reshape(-1, c.guidance_scales) if g.ndim < 2 else g, (b, c.guidance_scales))
+            temb = jnp.concatenate([temb, self.guidance_embedding(g, dtype)], axis=-1)
         context = encoder_hidden_states.astype(dtype)
 
         x = self.conv_in(sample)

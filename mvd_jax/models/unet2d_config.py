@@ -64,7 +64,7 @@ _FIXED_KEYS: dict[str, Any] = {
 }
 _ANY_VALUE_KEYS = ("addition_embed_type_num_heads",)
 
-MOVIE_KEYS = ("cross_frame_attention", "drop_top_attention")
+MOVIE_KEYS = ("cross_frame_attention", "drop_top_attention", "guidance_scales")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +106,12 @@ class UNet2DConditionConfig(PerBlockViews):
     # UpBlock2D there). A base checkpoint loads by dropping exactly those attentions' tensors
     # (convert.diffusers_unet2d.load_unet2d(..., drop_unused=True)).
     drop_top_attention: bool = False
+    # Multimodal guidance distillation (MoViE Algorithm 1; models/guidance_embedding.py): the number of guidance
+    # scales the UNet reads (2: s_I and s_T), embedded and added in every ResNet block through zero-initialised
+    # projections (`guidance_embedding`, `…resnets[j].guidance_emb_proj`); 0: none (diffusers' UNet). A base
+    # checkpoint loads with the new weights created fresh (convert.diffusers_unet2d.load_unet2d(...,
+    # guidance_scales=2)): the projections at zero, so the model computes what the checkpoint did.
+    guidance_scales: int = 0
 
     # ---- presets ---------------------------------------------------------------------------------------
     @classmethod
@@ -145,7 +151,8 @@ class UNet2DConditionConfig(PerBlockViews):
 
     def to_diffusers_dict(self) -> dict[str, Any]:
         """diffusers' keys for the SAME network: a UNet with drop_top_attention is diffusers' UNet2DConditionModel
-        with DownBlock2D / UpBlock2D at the top level; cross_frame_attention changes no weights and is left out."""
+        with DownBlock2D / UpBlock2D at the top level; cross_frame_attention changes no weights and is left out.
+        (A UNet with guidance_scales has weights diffusers' class does not: its dict describes the rest.)"""
         d = {k: v for k, v in self.to_dict().items() if k not in MOVIE_KEYS}
         d["down_block_types"], d["up_block_types"] = list(self.down_types), list(self.up_types)
         return d
@@ -174,7 +181,11 @@ class UNet2DConditionConfig(PerBlockViews):
                                 f"{self.norm_num_groups}")
             if c % self.heads[i]:
                 raise UserError(f"block_out_channels[{i}]={c} is not divisible by its {self.heads[i]} attention heads")
-        for name in ("flip_sin_to_cos", "use_linear_projection", "upcast_attention", *MOVIE_KEYS):
+        if isinstance(self.guidance_scales, bool) or not isinstance(self.guidance_scales, int) \
+                or self.guidance_scales < 0:
+            raise UserError(f"guidance_scales must be an integer ≥ 0, got {self.guidance_scales!r}")
+        for name in ("flip_sin_to_cos", "use_linear_projection", "upcast_attention", "cross_frame_attention",
+                     "drop_top_attention"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
 

@@ -36,6 +36,7 @@ class BlockOptions:
     conv_funnel_factor: float | None = None  # fun-factor r inside the spatial res-blocks (funnels.py)
     funnels_merged: bool = False
     low_rank_factor: float | None = None  # truncated-SVD self-attention projections (low_rank.py)
+    guidance_channels: int | None = None  # guidance-distilled UNet: every res-block reads [temb ‖ guidance]
 
     def resnet(self, in_ch, out_ch, temb, eps, path, rngs):
         funnel = None
@@ -43,7 +44,7 @@ class BlockOptions:
             funnel = dict(funnel_dim=funnel_width(out_ch, self.conv_funnel_factor, multiple=32),
                           funnels_merged=self.funnels_merged)
         return SpatioTemporalResBlock(in_ch, out_ch, temb, eps=eps, rngs=rngs, gate_index=self.plan.gate_index(path),
-                                      funnel=funnel)
+                                      funnel=funnel, guidance_channels=self.guidance_channels)
 
     def transformer(self, heads, channels, depth, context_dim, path, rngs):
         gates = [self.plan.gate_index(f"{path}.temporal_transformer_blocks.{l}") for l in range(depth)]

@@ -106,6 +106,11 @@ class UNetConfig(PerBlockViews):
     funnels_merged: bool = False
     # Table 5 baseline: self-attention projections as rank-r truncated SVDs (models/low_rank.py).
     low_rank_factor: float | None = None
+    # Guidance distillation (train.phase guidance_distill with guidance.model "svd"; models/guidance_embedding.py):
+    # the UNet reads this many guidance scales — 1: the largest scale of SVD's frame-wise guidance ramp (from 1
+    # at the first frame) — added in every res-block through zero-initialised projections, so ONE pass per
+    # sampling step replaces the guided two. 0: none (SVD's UNet).
+    guidance_scales: int = 0
 
     # ---- construction / validation -------------------------------------------------------------
     @classmethod
@@ -180,6 +185,12 @@ class UNetConfig(PerBlockViews):
             raise UserError(f"temporal_gating must be None, 'sampled' or 'l1', got {self.temporal_gating!r}")
         if (self.temporal_multiscale or self.spatial_multiscale) and n < 2:
             raise UserError("multiscaling needs at least two resolution levels")
+        if isinstance(self.guidance_scales, bool) or not isinstance(self.guidance_scales, int) \
+                or self.guidance_scales < 0:
+            raise UserError(f"guidance_scales must be an integer ≥ 0, got {self.guidance_scales!r}")
+        if self.guidance_scales and self.funnel_factor is not None and self.funnel_target == "conv":
+            raise UserError("guidance_scales with convolution funnels is not supported (the funnel merge does not "
+                            "fold the guidance projections)")
         if self.projection_class_embeddings_input_dim % self.addition_time_embed_dim:
             raise UserError("projection_class_embeddings_input_dim must be a multiple of addition_time_embed_dim")
 
@@ -199,4 +210,5 @@ def _freeze(v):
 
 
 MOBILEVD_KEYS = ("collapse_cross_attention", "temporal_multiscale", "spatial_multiscale", "temporal_gating",
-                 "pruned_temporal_blocks", "funnel_factor", "funnel_target", "funnels_merged", "low_rank_factor")
+                 "pruned_temporal_blocks", "funnel_factor", "funnel_target", "funnels_merged", "low_rank_factor",
+                 "guidance_scales")

@@ -37,8 +37,18 @@ def expected_parameters(config: UNetConfig) -> dict[str, tuple]:
 
 
 def unet_from_tensors(tensors: dict[str, np.ndarray], config: UNetConfig, *, source: str = "<tensors>",
-                      dtype=jnp.float32) -> SpatioTemporalUNet:
-    """Builds the UNet from diffusers-named, torch-layout tensors (strictly checked)."""
+                      dtype=jnp.float32, guidance_seed: int = 0) -> SpatioTemporalUNet:
+    """Builds the UNet from diffusers-named, torch-layout tensors (strictly checked). A config with guidance_scales
+    loaded from tensors without guidance weights gets them fresh (models/guidance_embedding.with_fresh_guidance:
+    zero projections, the MLP from guidance_seed): the UNet then computes what the tensors' UNet does."""
+    if config.guidance_scales:
+        from flax import nnx
+
+        from mvd_jax.models.guidance_embedding import GuidanceEmbedding, with_fresh_guidance
+
+        embedding = GuidanceEmbedding(config.guidance_scales, config.block_out_channels[0], config.time_embed_dim,
+                                      rngs=nnx.Rngs(guidance_seed))
+        tensors = with_fresh_guidance(tensors, expected_parameters(config), embedding)
     return load_module(abstract_unet(config), tensors, source=source, what="the UNet config", dtype=dtype,
                        fresh_prefixes=FRESH_PREFIXES, fresh_value=fresh_value)
 

@@ -116,8 +116,14 @@ def compile_train_step(config, devices=None, *, mesh: Mesh | None = None, compil
     from mvd_jax.train.model_state import build_unet
     from mvd_jax.train.trainer import make_programs
 
+    from mvd_jax.settings import edits_images
+
     cfg = resolve(config)
     t = cfg.train
+    if edits_images(cfg) or t.phase == "guidance_distill":
+        raise UserError(f"train_compile sizes the video UNet's phases; train.phase {t.phase!r} "
+                        f"({'the image-editing UNet' if edits_images(cfg) else 'a student and its teacher'}) is not "
+                        "supported by it yet")
     if mesh is None:
         devices = list(jax.devices() if devices is None else devices)
         mesh = shd.make_mesh(dict(cfg.mesh), devices)

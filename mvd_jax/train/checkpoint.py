@@ -44,6 +44,9 @@ class CheckpointManager:
             diffs += ["train.phase"] if saved.get("train", {}).get("phase") != "clockwork" else []
             diffs += [f"clockwork.{k}" for k in _STRUCTURAL_CLOCKWORK
                       if saved.get("clockwork", {}).get(k) != now["clockwork"].get(k)]
+        if now["train"].get("phase") == "guidance_distill":  # a (student, teacher) state of one model family
+            diffs += ["train.phase"] if saved.get("train", {}).get("phase") != "guidance_distill" else []
+            diffs += ["guidance.model"] if saved.get("guidance", {}).get("model") != now["guidance"].get("model") else []
         if diffs:
             detail = "; ".join(_describe(k, saved, now) for k in diffs)
             raise UserError(f"the checkpoints in {self.directory} come from an incompatible config ({detail}); "
@@ -121,7 +124,7 @@ def _frozen_shapes(frozen_shardings, manager, step):
 
 
 def _describe(key, saved, now):
-    if key.startswith(("train.", "clockwork.")):
+    if key.startswith(("train.", "clockwork.", "guidance.")):
         section, k = key.split(".", 1)
         return f"{key}: checkpoint {saved.get(section, {}).get(k)!r}, config {now[section].get(k)!r}"
     a, b = saved.get(key), now.get(key)

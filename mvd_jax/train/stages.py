@@ -91,10 +91,20 @@ def read_run_unet(run_dir, *, use_ema: bool = True):
     """(the run's UNet with its latest checkpoint's weights, the run's resolved config, the step)."""
     from mvd_jax.train.model_state import ParamCodec, build_unet
 
-    params, cfg, step = read_run_params(run_dir, use_ema=use_ema)
+    from mvd_jax.settings import edits_images
+
+    cfg = read_run_config(run_dir)
     if cfg.train.phase == "decoder_distill":
         raise UserError(f"{run_dir} trained a tiny autoencoder (train.phase decoder_distill), not a UNet")
+    if edits_images(cfg):
+        raise UserError(f"{run_dir} trained MoViE's image-editing UNet (train.phase {cfg.train.phase}), not a video "
+                        "UNet (python -m mvd_jax.edit reads those)")
+    params, cfg, step = read_run_params(run_dir, use_ema=use_ema)
     source_cfg = dataclasses.replace(unet_config(cfg), num_frames=cfg.frames)
+    if cfg.train.phase == "guidance_distill":  # the run's own UNet is the student, which reads the guidance scale
+        from mvd_jax.train.guidance_distill import SVD_SCALES
+
+        source_cfg = dataclasses.replace(source_cfg, guidance_scales=SVD_SCALES)
     codec = ParamCodec(nnx.eval_shape(lambda: build_unet(source_cfg, 0)))
     return module_from_params(codec, params, run_dir), cfg, step
 

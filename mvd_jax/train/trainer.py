@@ -31,6 +31,8 @@ from mvd_jax.train import stages
 from mvd_jax.train.adversarial import build_adversarial_programs
 from mvd_jax.train import clockwork_distill
 from mvd_jax.train import decoder_distill
+from mvd_jax.train import edit_training
+from mvd_jax.train import guidance_distill
 from mvd_jax.train.decoder_distill import build_decoder_programs
 from mvd_jax.train import vae_train
 from mvd_jax.train.vae_train import build_vae_programs
@@ -66,7 +68,6 @@ def build_autoencoder(cfg):
         folder = storage.path(a.checkpoint)  # local, or gs:// (mirrored locally by the loaders)
         return load_vae(folder / "vae"), load_image_encoder(folder / "image_encoder")
     from mvd_jax.models.clip_vision import CLIPVisionConfig, CLIPVisionModelWithProjection
-    from mvd_jax.models.pixel_autoencoder import PixelAutoencoder, PixelAutoencoderConfig
 
     clip = CLIPVisionConfig(hidden_size=a.clip_hidden_size, intermediate_size=2 * a.clip_hidden_size,
                             projection_dim=unet_config(cfg).cross_attention_dim, num_hidden_layers=a.clip_layers,
@@ -81,6 +82,13 @@ def build_autoencoder(cfg):
         from mvd_jax.train.vae_train import load_vae_checkpoint
 
         return load_vae_checkpoint(a.checkpoint), image_encoder
+    return pixel_autoencoder(a), image_encoder
+
+
+def pixel_autoencoder(a):
+    """The parameter-free pixel autoencoder of an `autoencoder` section (kind "pixel"), whitened by its basis."""
+    from mvd_jax.models.pixel_autoencoder import PixelAutoencoder, PixelAutoencoderConfig
+
     basis = None
     if a.pixel_basis:
         if not storage.path(a.pixel_basis).is_file():
@@ -91,7 +99,7 @@ def build_autoencoder(cfg):
     try:
         config = PixelAutoencoderConfig(factor=a.pixel_factor, scaling_factor=a.pixel_scaling_factor,
                                         channels=a.pixel_channels)
-        return PixelAutoencoder(config, basis), image_encoder
+        return PixelAutoencoder(config, basis)
     except ValueError as e:
         raise UserError(f"autoencoder pixel_basis {a.pixel_basis or '(none)'}, pixel_channels {a.pixel_channels}: "
                         f"{e}") from None
@@ -170,7 +178,10 @@ def make_encode(cfg, encoders, mesh):
 def make_programs(cfg, unet_abstract, mesh, encoders) -> Programs:
     """The programs of the config's phase: diffusion (this file), adversarial (train/adversarial.py),
     decoder_distill (train/decoder_distill.py; `unet_abstract` is then the tiny autoencoder), autoencoder
-    (train/vae_train.py) or clockwork (train/clockwork_distill.py; `unet_abstract` is the frozen teacher)."""
+    (train/vae_train.py), clockwork (train/clockwork_distill.py; `unet_abstract` is the frozen teacher), or the
+    editing UNet's instruct_pix2pix / guidance_distill (train/edit_training.py, train/guidance_distill.py;
+    `unet_abstract` is the SD-style UNet or the (student, teacher) pair, `encoders` the autoencoder and the text
+    parts)."""
     if cfg.train.phase == "decoder_distill":
         return build_decoder_programs(cfg, unet_abstract, mesh, encoders)
     if cfg.train.phase == "autoencoder":
@@ -179,6 +190,12 @@ def make_programs(cfg, unet_abstract, mesh, encoders) -> Programs:
         return build_adversarial_programs(cfg, unet_abstract, mesh, make_encode(cfg, encoders, mesh))
     if cfg.train.phase == "clockwork":
         return clockwork_distill.build_clockwork_programs(cfg, unet_abstract, mesh, make_encode(cfg, encoders, mesh))
+    if cfg.train.phase == "instruct_pix2pix":
+        return edit_training.build_instruct_pix2pix_programs(cfg, unet_abstract, mesh, encoders)
+    if cfg.train.phase == "guidance_distill" and guidance_distill.distils_svd(cfg):
+        return guidance_distill.build_svd_guidance_programs(cfg, unet_abstract, mesh, make_encode(cfg, encoders, mesh))
+    if cfg.train.phase == "guidance_distill":
+        return guidance_distill.build_guidance_distill_programs(cfg, unet_abstract, mesh, encoders)
     tx, schedule = make_optimizer(cfg.optimizer)
     return build_programs(cfg, unet_abstract, mesh, encoders, tx, schedule)
 
@@ -214,7 +231,8 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
     cfg = stages.resolve_stage(resolve(config))
     t = cfg.train
     workdir = storage.path(workdir)  # local or gs://bucket/run (mvd_jax/storage.py)
-    unet_cfg = dataclasses.replace(unet_config(cfg), num_frames=cfg.frames)
+    editing = edit_training.is_edit_phase(cfg)  # the model is MoViE's image UNet (model: its diffusers keys)
+    unet_cfg = None if editing else dataclasses.replace(unet_config(cfg), num_frames=cfg.frames)
     distill_decoder = t.phase == "decoder_distill"  # the model trained is the tiny autoencoder, not the UNet
     train_vae = t.phase == "autoencoder"  # the model trained is the autoencoder itself
     is_main = jax.process_index() == 0
@@ -231,10 +249,17 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
 
     # ---- data --------------------------------------------------------------------------------
     workdir.mkdir(parents=True, exist_ok=True)  # only now: a refused config leaves no run directory behind
-    autoencoder, image_encoder = build_autoencoder(cfg)
-    if not (distill_decoder or train_vae):
+    if editing:  # the "image encoder" of these phases is the text encoder and its tokenizer
+        autoencoder, image_encoder = edit_training.build_autoencoder(cfg), edit_training.build_text_parts(cfg)
+        edit_training.check_parts(cfg, autoencoder, image_encoder)
+    else:
+        autoencoder, image_encoder = build_autoencoder(cfg)
+    if not (distill_decoder or train_vae or editing):
         check_model_matches_data(cfg, unet_cfg, autoencoder)
-    loader, cached = make_data(cfg, per_host, workdir)
+    if editing and cfg.edit.triplets:  # (image, instruction, edited image) triplets instead of video frames
+        loader, cached = edit_training.make_triplet_data(cfg, per_host, image_encoder), False
+    else:
+        loader, cached = make_data(cfg, per_host, workdir)
     data_iter = iter(loader)
 
     # ---- models and optimizer ----------------------------------------------------------------
@@ -242,13 +267,18 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
         unet_abstract = nnx.eval_shape(lambda: decoder_distill.build_student(cfg, autoencoder.config))
     elif train_vae:
         unet_abstract = nnx.eval_shape(lambda: autoencoder)
+    elif t.phase == "guidance_distill":
+        unet_abstract = guidance_distill.abstract_pair(cfg)
+    elif editing:
+        unet_abstract = nnx.eval_shape(lambda: edit_training.load_editing_unet(cfg, ""))
     else:
         unet_abstract = nnx.eval_shape(lambda: build_unet(unet_cfg, t.seed))
     encoders = None if cached else (autoencoder, image_encoder)
     programs = make_programs(cfg, unet_abstract, mesh, encoders)
     enc_state = None
     if encoders is not None:
-        enc_state = jax.device_put(nnx.state(encoders), shd.replicated(mesh))
+        modules = (autoencoder, image_encoder.encoder) if editing else encoders
+        enc_state = jax.device_put(nnx.state(modules), shd.replicated(mesh))
 
     # ---- train state: restore, or initialise (from SVD weights or at random) ------------------
     manager = ckpt.CheckpointManager(workdir / "checkpoints", keep=t.keep_checkpoints)
@@ -264,6 +294,10 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
             unet = decoder_distill.initial_student(cfg, autoencoder.config, log)
         elif train_vae:
             unet = autoencoder  # random_vae: its seed; vae / svd: the checkpoint's weights
+        elif t.phase == "guidance_distill":
+            unet = guidance_distill.initial_pair(cfg, log)  # (student, teacher)
+        elif editing:
+            unet = edit_training.load_editing_unet(cfg, cfg.init_from, log)
         elif stages.is_run_dir(cfg.init_from):  # the previous stage's run
             unet, from_step = stages.init_unet_from_run(cfg, unet_cfg)
             log(f"initialised from {cfg.init_from} (step {from_step}, {'EMA' if cfg.init_ema else 'raw'} weights)")
@@ -293,7 +327,7 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
         t_last, steps_since = time.perf_counter(), 0
         window = {}  # per-step values since the last log (device scalars: no host sync per step)
         for step in range(start, t.steps):
-            batch = _next_batch(data_iter, mesh, programs, enc_state, step, cached)
+            batch = _next_batch(data_iter, mesh, programs, enc_state, step, cached, editing)
             if sample_batch is None:
                 sample_batch = batch
             if step_fn is None:  # compile once, and report what the compiler planned per device
@@ -349,11 +383,14 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> TrainResu
 # Logged as "<name>_avg" too: the mean over the steps since the last log. One step's values swing with
 # its random σ (and, for the discriminator's accuracy, with a batch of a few clips).
 AVERAGED_METRICS = ("loss", "d_loss", "d_accuracy", "g_adversarial", "reconstruction", "pixel_loss", "temporal_loss",
-                    "encoder_loss", "psnr", "kl", "identity_loss", "loss_ratio")
+                    "encoder_loss", "psnr", "kl", "identity_loss", "loss_ratio", "baseline_loss")
 
 
-def _next_batch(data_iter, mesh, programs, enc_state, step, cached):
+def _next_batch(data_iter, mesh, programs, enc_state, step, cached, editing=False):
     local = next(data_iter)
+    if editing:  # train/edit_training.make_encode: triplets, or video frames to edit
+        keys = ("input", "edited", "ids") if "ids" in local else ("video",)
+        return programs.encode(enc_state, shd.global_batch({k: local[k] for k in keys}, mesh), jnp.int32(step))
     if cached:
         local = {k: local[k] for k in ("latents", "cond_latent", "image_embeds", "added_time_ids")}
         return shd.global_batch(local, mesh)
@@ -401,6 +438,26 @@ def _write_sample(cfg, programs, state, frozen, autoencoder, batch, workdir, ste
         if is_main:
             path, value = vae_train.write_reconstruction(cfg, programs, state, frozen, batch, workdir, step)
             log(f"clip | reconstruction video: {path} (PSNR {value:.2f} dB)")
+        return None
+    if cfg.train.phase == "instruct_pix2pix":
+        if is_main:
+            path, value = edit_training.write_teacher_sheet(cfg, programs, state, frozen, autoencoder, batch, workdir,
+                                                            step)
+            log(f"input | target | edit sheet: {path} (PSNR of the guided edit to the target {value:.2f} dB)")
+        return None
+    if cfg.train.phase == "guidance_distill" and guidance_distill.distils_svd(cfg):
+        if is_main:
+            path, v = guidance_distill.write_svd_comparison(cfg, programs, state, frozen, autoencoder, batch, workdir,
+                                                            step)
+            log(f"teacher (2 passes) | student (1 pass) | conditional only video: {path} (PSNR against the "
+                f"teacher's: student {v['student']:.2f} dB, conditional only {v['conditional']:.2f} dB)")
+        return None
+    if cfg.train.phase == "guidance_distill":
+        if is_main:
+            path, v = guidance_distill.write_comparison(cfg, programs, state, frozen, autoencoder, batch, workdir,
+                                                        step)
+            log(f"input | teacher (3 passes) | student (1 pass) | conditional only sheet: {path} (PSNR against the "
+                f"teacher's edit: student {v['student']:.2f} dB, conditional only {v['conditional']:.2f} dB)")
         return None
     if cfg.train.phase == "clockwork":
         if is_main:
