@@ -90,7 +90,13 @@ def test_svd_student_starts_as_the_base_unet():
     student = unet_from_tensors(unet_to_tensors(base), dataclasses.replace(c, guidance_scales=1), guidance_seed=2)
     x = jax.random.normal(jax.random.key(1), (2, 3, 6, 10, 8))
     args = (x, jnp.array([0.3, -0.5]), jax.random.normal(jax.random.key(2), (2, 1, 32)), jnp.ones((2, 3)))
-    plain, guided = base(*args), student(*args, guidance=jnp.array([[2.0], [3.0]]))
+
+    def outputs(base_state, student_state):
+        b, s = nnx.merge(nnx.graphdef(base), base_state), nnx.merge(nnx.graphdef(student), student_state)
+        return b(*args), s(*args, guidance=jnp.array([[2.0], [3.0]]))
+
+    states = (nnx.state(base), nnx.state(student))
+    plain, guided = jax.jit(outputs).lower(*states).compile(FAST_COMPILE)(*states)
     assert float(jnp.max(jnp.abs(plain - guided))) == 0.0
     with pytest.raises(ValueError, match="reads 1 guidance scale"):
         student(*args)
@@ -326,8 +332,7 @@ def test_svd_variant_starts_at_the_conditional_model_and_learns(tmp_path):
     """configs/demo_guidance.py:micro (the committed demo UNet as the teacher, 4 frames of 32×64): step 1 is the
     conditional model (loss == baseline_loss up to float32 rounding: the teacher's conditional branch runs in a
     batch with the unconditional one, so XLA may sum in another order), step 3's loss is below the baseline; only the student
-    trains; `--unet RUN` reading (stages.read_run_unet) gives the student, which reads one scale; the sample
-    video (teacher 2 passes | student 1 pass | conditional) is written and logged."""
+    trains; `--unet RUN` reading (stages.read_run_unet) gives the student, which reads one scale."""
     from mvd_jax.settings import load_config
     from mvd_jax.train import sharding, stages
     from mvd_jax.train.guidance_distill import TEACHER_PREFIX
@@ -337,8 +342,7 @@ def test_svd_variant_starts_at_the_conditional_model_and_learns(tmp_path):
     mp = pytest.MonkeyPatch()
     mp.setattr(sharding, "step_compiler_options", lambda *a: dict(FAST_COMPILE))
     try:
-        cfg = load_config("configs/demo_guidance.py:micro")
-        cfg.train.sample_at_end = True
+        cfg = load_config("configs/demo_guidance.py:micro")  # no sample video: the demo run writes one (README)
         result = train(cfg, tmp_path / "run", log=logs.append)
     finally:
         mp.undo()
@@ -347,7 +351,6 @@ def test_svd_variant_starts_at_the_conditional_model_and_learns(tmp_path):
     assert m[3]["loss_ratio"] < 0.999, m[3]
     assert all(not k.startswith(TEACHER_PREFIX) for k in result.state["params"])
     assert any("guidance_emb_proj" in k for k in result.state["params"])
-    assert any("student (1 pass)" in str(line) for line in logs)
     student, _, step = stages.read_run_unet(tmp_path / "run")
     assert step == 3 and student.config.guidance_scales == 1
     with pytest.raises(UserError, match="image-editing UNet"):
