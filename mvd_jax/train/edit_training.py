@@ -47,7 +47,6 @@ from mvd_jax.train import sharding as shd
 from mvd_jax.train.model_state import ParamCodec, make_optimizer
 from mvd_jax.train.programs import Programs, build_loss_programs
 
-EDIT_PHASES = ("instruct_pix2pix", "guidance_distill")
 # SD-1.5's (and InstructPix2Pix's) noise schedule, the sampler its pipeline folder names
 SD_SCHEDULER = discrete_euler.DiscreteEulerConfig(kind="euler_ancestral", beta_start=0.00085, beta_end=0.012,
                                                   beta_schedule="scaled_linear", steps_offset=1)
@@ -263,7 +262,7 @@ def load_editing_unet(cfg, source: str, log=print) -> UNet2DConditionModel:
 # =============================================================================================
 # Sampling an edit (the phases' sample sheets and evaluations)
 # =============================================================================================
-def euler_edit(eps_fn, image_latents, noise, schedule, steps: int):
+def euler_edit(eps_fn, noise, schedule, steps: int):
     """Deterministic Euler sampling of an edit (the pipeline's loop with the `euler` sampler, so two models
     compare from the same noise without ancestral draws): eps_fn(scaled x, timestep) → ε̃."""
     config = dataclasses.replace(schedule, kind="euler")
@@ -330,7 +329,7 @@ def write_teacher_sheet(cfg, programs, state, frozen, autoencoder, batch, workdi
         model = nnx.merge(graphdef, st)
         return euler_edit(lambda x, t: guided_eps(model, x, ex["image_latents"], t, ex["text"], ex["empty_text"],
                                                   e.sample_image_guidance, e.sample_text_guidance)[0],
-                          ex["image_latents"], noise, schedule, e.sample_steps)
+                          noise, schedule, e.sample_steps)
 
     edited = run(st, ex, noise)
     inputs = decode_to_unit(autoencoder, ex["image_latents"] * autoencoder.config.scaling_factor)

@@ -263,11 +263,11 @@ def compare_samples(student, teacher, ex, schedule, *, steps: int, s_image: floa
     guidance, the student's one pass, and the conditional-only model (the student's start): three latents."""
     il, text, empty = ex["image_latents"], ex["text"], ex["empty_text"]
     teacher_x = et.euler_edit(lambda x, t: et.guided_eps(teacher, x, il, t, text, empty, s_image, s_text)[0],
-                              il, noise, schedule, steps)
+                              noise, schedule, steps)
     student_x = et.euler_edit(lambda x, t: student_eps(student, x, il, t, text, s_image, s_text),
-                              il, noise, schedule, steps)
+                              noise, schedule, steps)
     conditional_x = et.euler_edit(lambda x, t: et.guided_eps(teacher, x, il, t, text, empty, 1.0, 1.0)[0],
-                                  il, noise, schedule, steps)
+                                  noise, schedule, steps)
     return teacher_x, student_x, conditional_x
 
 
