@@ -152,6 +152,20 @@ def frame_ramps(num_frames: int, top):
     return jax.vmap(lambda s: guidance_scales(num_frames, 1.0, s))(jnp.asarray(top, jnp.float32))
 
 
+def svd_guided_target(model_fn, x, sigma, cond, embeds, ids, top):
+    """(D̃, D_cond): the teacher's frame-wise guided denoiser at ramp tops `top` (B,) — unconditional (zero
+    conditioning latent and image embedding, as the sampler's) and conditional in one batch — and its
+    conditional branch alone."""
+    from mvd_jax.diffusion import edm
+
+    b, t = x.shape[:2]
+    both = lambda a: jnp.concatenate([jnp.zeros_like(a), a])
+    d = edm.denoise(model_fn, jnp.concatenate([x, x]), jnp.concatenate([sigma, sigma]), both(cond), both(embeds),
+                    jnp.concatenate([ids, ids]))
+    d_uncond, d_cond = d[:b], d[b:]
+    return d_uncond + frame_ramps(t, top)[:, :, None, None, None] * (d_cond - d_uncond), d_cond
+
+
 def svd_distill_loss(student, teacher, batch, key, *, p_mean: float, p_std: float, g, dtype=jnp.float32):
     """(loss, aux) of SVD's variant: λ(σ)‖D_student(x; σ, s) − D̃(x; σ, s)‖² per clip, D̃ the teacher's frame-wise
     CFG (unconditional: zero conditioning latent and image embedding, as the sampler's); `baseline_loss` the
@@ -170,12 +184,7 @@ def svd_distill_loss(student, teacher, batch, key, *, p_mean: float, p_std: floa
     def model(unet, **kw):
         return lambda x, c_noise, ctx, i: unet(x.astype(dtype), c_noise, ctx.astype(dtype), i, **kw).astype(jnp.float32)
 
-    both = lambda a: jnp.concatenate([jnp.zeros_like(a), a])
-    d = jax.lax.stop_gradient(edm.denoise(model(teacher), jnp.concatenate([noisy, noisy]),
-                                          jnp.concatenate([sigma, sigma]), both(cond), both(embeds),
-                                          jnp.concatenate([ids, ids])))
-    d_uncond, d_cond = d[:b], d[b:]
-    target = d_uncond + frame_ramps(t, top)[:, :, None, None, None] * (d_cond - d_uncond)
+    target, d_cond = jax.lax.stop_gradient(svd_guided_target(model(teacher), noisy, sigma, cond, embeds, ids, top))
     pred = edm.denoise(model(student, guidance=top[:, None]), noisy, sigma, cond, embeds, ids)
     weight = edm.loss_weight(sigma)
     per_clip = lambda d: jnp.mean(jnp.square(d - target), axis=(1, 2, 3, 4)) * weight
@@ -192,7 +201,6 @@ def svd_denoiser_errors(student, teacher, batch, key, tops, *, p_mean: float, p_
     b, t = latents.shape[:2]
     cond = jnp.repeat(batch["cond_latent"][:, None], t, axis=1)
     embeds, ids = batch["image_embeds"], batch["added_time_ids"]
-    both = lambda a: jnp.concatenate([jnp.zeros_like(a), a])
     out = {}
     for top in tops:
         num_s = num_c = den = 0.0
@@ -200,10 +208,7 @@ def svd_denoiser_errors(student, teacher, batch, key, tops, *, p_mean: float, p_
             k_sigma, k_noise = jax.random.split(jax.random.fold_in(key, d))
             sigma = edm.sample_training_sigmas(k_sigma, (b,), p_mean, p_std)
             x = latents + sigma.reshape(b, 1, 1, 1, 1) * jax.random.normal(k_noise, latents.shape)
-            dd = edm.denoise(lambda *a: teacher(*a), jnp.concatenate([x, x]), jnp.concatenate([sigma, sigma]),
-                             both(cond), both(embeds), jnp.concatenate([ids, ids]))
-            d_u, d_c = dd[:b], dd[b:]
-            target = d_u + frame_ramps(t, jnp.full((b,), top))[:, :, None, None, None] * (d_c - d_u)
+            target, d_c = svd_guided_target(lambda *a: teacher(*a), x, sigma, cond, embeds, ids, jnp.full((b,), top))
             pred = edm.denoise(lambda *a: student(*a, guidance=jnp.full((b, 1), top)), x, sigma, cond, embeds, ids)
             num_s += float(jnp.sum(jnp.square(pred - target)))
             num_c += float(jnp.sum(jnp.square(d_c - target)))
