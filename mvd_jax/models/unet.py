@@ -17,9 +17,13 @@ MobileVD options (UNetConfig): collapse_cross_attention (attention.py), temporal
 spatial_multiscale (multiscale.py), temporal_gating and pruned_temporal_blocks (gates.py).
 
 Clockwork Diffusion runs this forward in three parts, cut below a resolution level (models/unet_split.py,
-which mirrors the loops below; tests/test_clockwork.py holds the two equal).
+which mirrors the steps below; tests/test_clockwork.py holds the two equal). The phone export runs it
+as a chain of graphs, each a run of consecutive steps (mvd_jax/export/unet_chain.py).
 """
 from __future__ import annotations
+
+import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -116,41 +120,86 @@ class SpatioTemporalUNet(nnx.Module):
                  temporal_gates=None, guidance=None):
         """guidance (B, guidance_scales) or (guidance_scales,): the scales a guidance-distilled UNet reads (its
         config's guidance_scales > 0; SVD's frame-wise guidance: [the largest scale of the ramp])."""
-        b, t, h, w, cin = sample.shape
-        c = self.config
-        top, low = block_inputs(c, self.time_embedding, self.add_embedding, sample, timestep, encoder_hidden_states,
-                                added_time_ids, image_only_indicator, self.guidance_embedding, guidance)
-        multiscale = c.temporal_multiscale or c.spatial_multiscale
+        state = self.begin(sample, timestep, encoder_hidden_states, added_time_ids, image_only_indicator,
+                           temporal_gates, guidance)
+        for name in self.step_names:
+            state = self.step(name, state)
+        return self.finish(state)
 
+    # The forward as a sequence — begin, one step per block (`step_names`), finish — so that it can also run
+    # in parts (the phone export's chain of graphs, mvd_jax/export/unet_chain.py) exactly as it runs whole.
+    @property
+    def step_names(self) -> tuple[str, ...]:
+        """The blocks in the order the forward runs them: down_blocks.0 …, mid_block, up_blocks.0 …"""
+        return (*(f"down_blocks.{i}" for i in range(len(self.down_blocks))), "mid_block",
+                *(f"up_blocks.{i}" for i in range(len(self.up_blocks))))
+
+    def begin(self, sample, timestep, encoder_hidden_states, added_time_ids, image_only_indicator=None,
+              temporal_gates=None, guidance=None) -> "ForwardState":
+        """The conditioning and conv_in: the state before the first block."""
+        b, t, h, w, cin = sample.shape
+        emb, context, iio = clip_inputs(self.config, self.time_embedding, self.add_embedding, sample, timestep,
+                                        encoder_hidden_states, added_time_ids, image_only_indicator,
+                                        self.guidance_embedding, guidance)
         x = self.conv_in(sample.reshape(b * t, h, w, cin))
-        skips = [x]
-        for i, block in enumerate(self.down_blocks):
+        return ForwardState(x, (x,), emb, context, iio, temporal_gates)
+
+    def step(self, name: str, s: "ForwardState") -> "ForwardState":
+        """One block (a name of `step_names`): down blocks push their skips, up blocks pop theirs."""
+        c = self.config
+        b, t = s.image_only_indicator.shape
+        top, low = frame_inputs(c, s.emb, s.context, s.image_only_indicator)
+        kind, _, index = name.partition(".")
+        x, skips = s.x, s.skips
+        if kind == "down_blocks":
+            i = int(index)
             f = top if i == 0 else low
-            x, block_skips = self._block(block, x, f["temb"], f["image_only_indicator"], f["context"],
-                                         f["frame_positions"], temporal_gates)
-            if i == 0 and multiscale:  # leave the top level: fewer frames and/or a smaller map below it
+            x, block_skips = self._block(self.down_blocks[i], x, f["temb"], f["image_only_indicator"], f["context"],
+                                         f["frame_positions"], s.temporal_gates)
+            if i == 0 and (c.temporal_multiscale or c.spatial_multiscale):
+                # leave the top level: fewer frames and/or a smaller map below it
                 x = leave_top_level(c, x, b, t)
                 block_skips[-1] = x  # the downsampler's output is consumed at the lower level
-            skips.extend(block_skips)
-
-        x = self._block(self.mid_block, x, low["temb"], low["image_only_indicator"], low["context"],
-                        low["frame_positions"], temporal_gates)
-
-        n = len(self.up_blocks)
-        for i, block in enumerate(self.up_blocks):
+            skips = skips + tuple(block_skips)
+        elif kind == "mid_block":
+            x = self._block(self.mid_block, x, low["temb"], low["image_only_indicator"], low["context"],
+                            low["frame_positions"], s.temporal_gates)
+        elif kind == "up_blocks":
+            i, n = int(index), len(self.up_blocks)
+            block = self.up_blocks[i]
             f = top if i == n - 1 else low
             k = len(block.resnets)
             block_skips, skips = skips[-k:], skips[:-k]
             # Upsample to the spatial size of the next skip (×2 unless a size was odd on the way down;
             # ×4 into the top level under spatial multiscaling).
             upsample_size = skips[-1].shape[1:3] if skips else None
-            x = self._block(block, x, block_skips, f["temb"], f["image_only_indicator"], f["context"],
-                            f["frame_positions"], temporal_gates, upsample_size=upsample_size)
+            x = self._block(block, x, list(block_skips), f["temb"], f["image_only_indicator"], f["context"],
+                            f["frame_positions"], s.temporal_gates, upsample_size=upsample_size)
             if i == n - 2 and c.temporal_multiscale:  # back to the top level's frame count
                 x = ms.double_frames(x, b, t)
+        else:
+            raise ValueError(f"no UNet step {name!r}; the steps are {', '.join(self.step_names)}")
+        return dataclasses.replace(s, x=x, skips=skips)
 
-        x = self.conv_out(jax.nn.silu(self.conv_norm_out(x)))
-        return x.reshape(b, t, h, w, -1)
+    def finish(self, s: "ForwardState"):
+        """conv_norm_out and conv_out after the last block: the output (B, T, H, W, C_out)."""
+        b, t = s.image_only_indicator.shape
+        x = self.conv_out(jax.nn.silu(self.conv_norm_out(s.x)))
+        return x.reshape(b, t, *x.shape[1:3], -1)
+
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["x", "skips", "emb", "context", "image_only_indicator", "temporal_gates"],
+                   meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class ForwardState:
+    """The UNet's forward between two steps (a pytree)."""
+    x: jax.Array  # (B·T_level, h, w, C): the activation
+    skips: tuple  # the skips the up blocks have yet to read, in the order the down blocks made them
+    emb: jax.Array  # (B, Ct): the embedding of the noise level and the added time ids (‖ guidance), per clip
+    context: jax.Array  # (B, S, D): the image embedding, in the activations' dtype
+    image_only_indicator: jax.Array  # (B, T)
+    temporal_gates: jax.Array | None
 
 
 def block_inputs(c: UNetConfig, time_embedding, add_embedding, sample, timestep, encoder_hidden_states,
