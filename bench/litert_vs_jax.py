@@ -16,7 +16,7 @@ more with SVD's VAE and CLIP. With --tflite pointing at an earlier export: under
 What is compared. The model comes from a trainer run directory exactly as `python -m export.tflite --run
 RUN_DIR` takes it: export/tflite.py's load_sources → geometry → build_functions give the ExportFunction
 (mvd_jax/export/functions.py: EMA UNet in inference form, the single EDM step folded in, sizes from the
-run's config), and mvd_jax/export/tflite.py's concrete_function + export_component convert it and install
+run's config), and mvd_jax/export/tflite.py's save_graph + export_component convert it and install
 each `.tflite` only after LiteRT reproduced JAX within the precision's tolerance (verify.py). The JAX side
 is `jax.jit(f.fn)` of that same ExportFunction object with its own `f.params` — the function and the
 weight arrays the converter traced — and both sides get the same inputs, `f.sample_inputs(--seed)`. As
@@ -193,14 +193,17 @@ def export_or_reuse(f, precisions, folder: Path, seed: int, reuse: bool) -> dict
         else:
             missing.append(p)
     if missing:
-        from mvd_jax.export.tflite import concrete_function, export_component
+        import tempfile
+
+        from mvd_jax.export.tflite import export_component, save_graph
 
         t0 = time.perf_counter()
-        traced = concrete_function(f)
+        graph_dir = tempfile.TemporaryDirectory(prefix="mvd_graph_")
+        graph = save_graph(f, graph_dir.name)
         trace_s = time.perf_counter() - t0
         for p in missing:
             try:
-                r = export_component(f, p, folder, traced=traced, seed=seed)
+                r = export_component(f, p, folder, graph=graph, seed=seed)
             except ExportError as e:
                 raise SystemExit(f"export failed: {e}") from None
             records[p] = dict(path=r.path, reused=False, size_bytes=r.size_bytes,
@@ -210,7 +213,7 @@ def export_or_reuse(f, precisions, folder: Path, seed: int, reuse: bool) -> dict
             real_note = f", real {r.worst_real:.2e}" if r.rel_l2_real else ""
             print(f"  {f.name} {p}: converted in {records[p]['convert_s']:.1f} s, verified in {r.verify_s:.1f} s "
                   f"(rel L2 {r.worst_random:.2e}{real_note}), {r.size_bytes / 2**20:.2f} MiB", flush=True)
-        del traced
+        graph_dir.cleanup()
     for p in precisions:
         if records[p]["reused"]:
             print(f"  {f.name} {p}: reusing {records[p]['path']}", flush=True)

@@ -4,7 +4,7 @@ optionally run and profiled on a phone through Qualcomm AI Hub.
     python -m export.tflite --run RUN_DIR --out DIR [--precision fp32,fp16]
         [--components unet,vae_decoder,vae_encoder,clip,vae_decoder_tiny] [--decoder tiny:RUN_OR_FOLDER]
         [--frames T --height H --width W]
-        [--decode-chunk N] [--no-real-inputs] [--ai-hub-device "Samsung Galaxy S24"]
+        [--decode-chunk N] [--unet-parts N] [--no-real-inputs] [--ai-hub-device "Samsung Galaxy S24"]
     python -m export.tflite --unet RUN_DIR|UNET_DIR [--checkpoint SVD_DIR] --out DIR --frames 14 --height 512 --width 256
 
 Sources. `--run`: a trainer run directory — its latest checkpoint's EMA UNet, and the VAE + CLIP its config
@@ -21,6 +21,11 @@ config (never built) or by the run's learned gates (removed), the single EDM ste
 precision's tolerance and its op census held builtins only (mvd_jax/export/verify.py); the table and
 OUT/report.json record the numbers.
 
+Memory: each component's JAX outputs for verification are computed first, its graph saved, its weights
+released, and a large graph converted in a child process; a UNet above unet_chain.MAX_GRAPH_PARAMS
+parameters (MobileVD's 1.01 B, SVD's 1.52 B) goes to the phone as a chain of graphs, `unet_step_partKofN_<p>`,
+verified end to end (mvd_jax/export/unet_chain.py; `--unet-parts N` chooses N, 1 forces one graph).
+
 Verification inputs: random ones (each function's sampler, `--seed`) and, when the source is a run
 directory (`--run`, or `--unet RUN_DIR`), real ones too: ONE clip of the run's data (its config's
 data.videos, or the videos its latent cache was made from), centre crop at the export's size, the first
@@ -36,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -219,28 +225,53 @@ def real_inputs(s: Sources, g: dict, seed: int):
     return inputs, source
 
 
-def build_functions(components, s: Sources, g: dict, sigma_max: float):
+def build_functions(components, s: Sources, g: dict, sigma_max: float, unet_parts: int = 0):
+    """The components' ExportFunctions, one at a time; the UNet as a unet_chain.UNetChain when it is cut into
+    parts (`unet_parts`; 0: as many as unet_chain.MAX_GRAPH_PARAMS asks for)."""
     from mvd_jax.export import functions as F
 
     if s.unet is not None and s.vae is not None and s.unet.config.out_channels != s.vae.config.latent_channels:
         raise UserError(f"the UNet makes {s.unet.config.out_channels}-channel latents, the VAE takes "
                         f"{s.vae.config.latent_channels}")
-    for c in components:  # built one at a time: each holds its own copy of the parameters
+    # Built one at a time. Every module is dropped here once its last function exists (this generator's frame
+    # must not keep weights alive while the caller converts: it releases a function's weights before the
+    # converter runs, and the SVD VAE and CLIP ViT-H are 0.4 + 2.5 GB).
+    last_vae = max((i for i, c in enumerate(components) if c in ("vae_decoder", "vae_encoder")), default=-1)
+    for i, c in enumerate(components):
         if c == "unet":
-            f = F.unet_step(F.prepare_unet(s.unet, gate_keep=s.gate_keep), frames=g["frames"],
-                            latent_height=g["latent_height"], latent_width=g["latent_width"], sigma_max=sigma_max)
-            s.unet = None  # the function holds its own copy of the weights: 4 bytes per parameter less at the peak
-            yield f
+            from mvd_jax.export import unet_chain
+
+            unet = F.prepare_unet(s.unet, gate_keep=s.gate_keep)
+            s.unet = None
+            counts = unet_chain.step_params(unet)
+            parts = unet_parts or unet_chain.parts_for(counts, unet_chain.MAX_GRAPH_PARAMS)
+            size = dict(frames=g["frames"], latent_height=g["latent_height"], latent_width=g["latent_width"],
+                        sigma_max=sigma_max)
+            if parts == 1:
+                f = F.unet_step(unet, **size)
+            else:
+                print(f"the UNet ({sum(counts.values()) / 1e6:.1f} M parameters) goes to the phone as a chain of "
+                      f"{parts} graphs (export/README.md: memory to convert)", flush=True)
+                f = unet_chain.unet_step_chain(unet, parts=parts, **size)
+            del unet
         elif c == "vae_decoder":
-            yield F.vae_decoder(s.vae, frames=g["decode_chunk"], latent_height=g["latent_height"],
-                                latent_width=g["latent_width"])
+            f = F.vae_decoder(s.vae, frames=g["decode_chunk"], latent_height=g["latent_height"],
+                              latent_width=g["latent_width"])
         elif c == "vae_decoder_tiny":
-            yield F.vae_decoder(s.tiny, frames=g["decode_chunk"], latent_height=g["latent_height"],
-                                latent_width=g["latent_width"], name="vae_decoder_tiny")
+            f = F.vae_decoder(s.tiny, frames=g["decode_chunk"], latent_height=g["latent_height"],
+                              latent_width=g["latent_width"], name="vae_decoder_tiny")
+            s.tiny = None
         elif c == "vae_encoder":
-            yield F.vae_encoder(s.vae, height=g["height"], width=g["width"])
+            f = F.vae_encoder(s.vae, height=g["height"], width=g["width"])
         elif c == "clip":
-            yield F.clip_image_encoder(s.clip, height=g["height"], width=g["width"])
+            f = F.clip_image_encoder(s.clip, height=g["height"], width=g["width"])
+            s.clip = None
+        else:
+            raise AssertionError(c)
+        if i == last_vae:
+            s.vae = None
+        yield f
+        del f
 
 
 def format_table(reports) -> str:
@@ -282,6 +313,9 @@ def parser() -> ArgumentParser:
     p.add_argument("--height", type=settings.POSITIVE, default=None, help="video height in pixels")
     p.add_argument("--width", type=settings.POSITIVE, default=None, help="video width in pixels")
     p.add_argument("--decode-chunk", type=settings.POSITIVE, default=None, help="frames per VAE decoder call (default: all)")
+    p.add_argument("--unet-parts", type=settings.Int(1, also=(0,)), default=0,
+                   help="export the UNet as a chain of this many graphs (default 0: one graph up to "
+                        "unet_chain.MAX_GRAPH_PARAMS parameters, else as few parts as keep each under it)")
     p.add_argument("--sigma-max", type=settings.Float(min=0, min_open=True), default=None,
                    help="σ of the single step (default 700, SVD's)")
     p.add_argument("--seed", type=settings.SEED, default=0,
@@ -300,7 +334,8 @@ def main(argv=None) -> int:
     enable_persistent_cache()  # a repeated run loads its compiled programs instead of recompiling
 
     from mvd_jax.export import ExportError
-    from mvd_jax.export.tflite import concrete_function, export_component
+    from mvd_jax.export.tflite import (write_representative, export_chain, export_component, release_memory,
+                                      save_graph)
 
     precisions = args.precision
     if args.components:
@@ -329,19 +364,43 @@ def main(argv=None) -> int:
         if real is not None:
             print(f"real inputs from {Path(real_source['path']).name} (frames from {real_source['start_frame']}, "
                   f"centre crop) in {time.perf_counter() - t1:.1f} s", flush=True)
+    def progress(line):
+        print("    " + line, flush=True)
+
     reports, functions, specs = [], {}, {}
-    for f in build_functions(components, sources, g, args.sigma_max or SIGMA_MAX):
+    for item in build_functions(components, sources, g, args.sigma_max or SIGMA_MAX, args.unet_parts):
+        chain = item if hasattr(item, "parts") else None
+        f = chain.full if chain else item
         if real is not None:
             try:
                 f.set_real_inputs(real[f.name])
             except UserError as e:
                 print(f"real-input check skipped for {f.name}: {str(e).splitlines()[0]}", file=sys.stderr)
+        # beside the models, not in /tmp (often a RAM disk): a 1 B-parameter UNet's graphs are 4 GB of weights
+        out.mkdir(parents=True, exist_ok=True)
+        graphs = tempfile.TemporaryDirectory(prefix=f".graphs_{f.name}_", dir=out)
         t1 = time.perf_counter()
-        traced = concrete_function(f)
+        # JAX's outputs first, then the graph(s) on disk; then this process lets go of the weights, before the
+        # converter (the larger user of memory) runs
+        f.keep_references(args.seed)
+        progress(f"{f.name}: JAX outputs for verification in {time.perf_counter() - t1:.1f} s")
+        links = chain.parts if chain else [f]
+        folders = [save_graph(link, Path(graphs.name) / link.name) for link in links]
+        progress(f"{f.name}: graph{'s' if chain else ''} saved ({time.perf_counter() - t1:.1f} s)")
+        if chain and "int8" in precisions:  # calibration inputs of each link come from the JAX chain
+            for link, folder in zip(links, folders):
+                write_representative(link, folder)
+        for link in {id(x): x for x in [f, *links]}.values():
+            link.release_params()
+        del item
+        release_memory()
         trace_s = time.perf_counter() - t1
         for precision in precisions:
             try:
-                report = export_component(f, precision, out, traced=traced, seed=args.seed)
+                if chain:
+                    report = export_chain(chain, precision, out, graphs=folders, seed=args.seed, progress=progress)
+                else:
+                    report = export_component(f, precision, out, graph=folders[0], seed=args.seed)
             except ExportError as e:
                 report = e.report
             report.convert_s += trace_s / len(precisions)
@@ -352,10 +411,16 @@ def main(argv=None) -> int:
                     f" (real {report.worst_real:.2e})" if report.rel_l2_real else "")
             print(f"  {f.name} {precision}: {status} ({report.convert_s:.1f} s convert, {report.verify_s:.1f} s verify)",
                   flush=True)
+        graphs.cleanup()
         functions[f.name] = f
         specs[f.name] = dict(inputs=[dict(name=i.name, shape=list(i.shape), dtype=i.dtype, doc=i.doc)
                                      for i in f.inputs], outputs=list(f.outputs))
-        del traced
+        if chain:
+            specs[f.name]["chain"] = [dict(name=link.name, blocks=list(run), params=link.num_params,
+                                           inputs=[dict(name=i.name, shape=list(i.shape), doc=i.doc) for i in link.inputs],
+                                           outputs=list(link.outputs))
+                                      for link, run in zip(links, chain.steps)]
+        del chain, links
 
     print()
     print(format_table(reports))
@@ -369,6 +434,12 @@ def main(argv=None) -> int:
 
         device_results = []
         for r in reports:
+            if r.parts:
+                print(f"AI Hub: {r.component} {r.precision} is a chain of {len(r.parts)} graphs, and this command runs "
+                      "single graphs there; submit the parts in order, wired as report.json's chain says",
+                      file=sys.stderr)
+                status = 3
+                continue
             try:
                 result = run_on_device(r.path, functions[r.component], r.precision, args.ai_hub_device, seed=args.seed)
             except HubUnavailable as e:

@@ -9,6 +9,7 @@ Needs the [export] extra (tensorflow-cpu, ai-edge-litert, qai-hub); skipped with
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import inspect
@@ -326,6 +327,121 @@ def test_exported_unet_is_the_pruned_merged_inference_form(exported):
     assert all(t == s for t, s in inputs + outputs) and outputs == [("x0", "x0")]
 
 
+# ---- the UNet as a chain of graphs (unet_chain.py) ----------------------------------------------------------
+def test_plan_parts_minimises_the_largest_part():
+    """Against every way of cutting 7 blocks into 1–7 contiguous runs: the plan's largest part is the smallest
+    possible, the runs cover the blocks in order, and parts_for picks the fewest parts under a limit."""
+    import itertools
+
+    from mvd_jax.export.unet_chain import parts_for, plan_parts
+
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        counts = {f"b{i}": int(n) for i, n in enumerate(rng.integers(1, 100, 7))}
+        sizes = list(counts.values())
+        for parts in range(1, 8):
+            runs = plan_parts(counts, parts)
+            assert len(runs) == parts and [b for run in runs for b in run] == list(counts)
+            best = min(max(sum(sizes[a:b]) for a, b in zip((0, *cuts), (*cuts, 7)))
+                       for cuts in itertools.combinations(range(1, 7), parts - 1))
+            assert max(sum(counts[b] for b in run) for run in runs) == best
+        limit = int(rng.integers(max(sizes), sum(sizes)))
+        n = parts_for(counts, limit)
+        assert max(sum(counts[b] for b in run) for run in plan_parts(counts, n)) <= limit
+        assert n == 1 or max(sum(counts[b] for b in run) for run in plan_parts(counts, n - 1)) > limit
+    # a limit below the largest block: that block alone, as few parts as that allows
+    n = parts_for(counts, 1)
+    assert max(sum(counts[b] for b in run) for run in plan_parts(counts, n)) == max(sizes)
+    assert n == 1 or max(sum(counts[b] for b in run) for run in plan_parts(counts, n - 1)) > max(sizes)
+    with pytest.raises(UserError, match="1 to 7 parts"):
+        plan_parts(counts, 8)
+
+
+def test_the_chained_unet_composes_to_the_one_graph_function():
+    """The paper's 4-level structure (multiscale, collapsed cross-attention, pruned blocks, merged funnels)
+    in 5 parts: the JAX parts run in a row equal unet_step exactly; skips travel from their maker to their
+    reader only, and a part without cross-attention does not take the image embedding."""
+    from flax import nnx
+
+    from mvd_jax.export.unet_chain import step_params, unet_step_chain
+    from mvd_jax.models.gates import SVD_BLOCKS_BY_COST
+    from mvd_jax.models.unet import SpatioTemporalUNet
+
+    config = UNetConfig(block_out_channels=(32, 32, 64, 64), num_attention_heads=(1, 1, 2, 2), cross_attention_dim=32,
+                        addition_time_embed_dim=8, projection_class_embeddings_input_dim=24,
+                        collapse_cross_attention=True, temporal_multiscale=True,
+                        pruned_temporal_blocks=SVD_BLOCKS_BY_COST[:27], funnel_factor=0.5, funnels_merged=True)
+    unet = SpatioTemporalUNet(config, rngs=nnx.Rngs(3))
+    chain = unet_step_chain(unet, parts=5, frames=5, latent_height=6, latent_width=10)  # odd sizes, T ≠ 14
+    assert [b for run in chain.steps for b in run] == list(unet.step_names)
+    assert sum(p.num_params for p in chain.parts) == chain.full.num_params == sum(step_params(unet).values())
+    x = chain.full.sample_inputs(1)
+    outputs = chain.run_jax(x)
+    np.testing.assert_array_equal(outputs[-1]["x0"], chain.full.reference(x)["x0"])
+    for name, (maker, readers) in chain.wiring.items():
+        assert all(r > maker for r in readers) and (readers or name == "x0"), (name, maker, readers)
+        if name.startswith("skip_"):  # read once, by the up block that consumes it
+            assert len(readers) == 1
+    no_attention = [p for p, run in enumerate(chain.steps) if all(b in ("down_blocks.3", "up_blocks.0") for b in run)]
+    assert no_attention and all("image_embeds" not in [i.name for i in chain.parts[p].inputs] for p in no_attention)
+    # released means released: nothing else (the parts' functions included) keeps a weight alive
+    import gc
+    import weakref
+
+    del unet
+    refs = [weakref.ref(p) for f in [chain.full, *chain.parts] for p in f.params]
+    for f in [chain.full, *chain.parts]:
+        f.release_params()
+    gc.collect()
+    assert not [r for r in refs if r() is not None]
+
+
+def test_the_unet_as_a_chain_equals_its_one_graph_export(run_dir, exported, tmp_path):
+    """`--unet-parts 3` through the command line: installed part files only, the chain verified end to end on
+    random and real inputs, report.json's wiring, and LiteRT's chain equal to the single-graph model of the
+    same run on fresh inputs (part 3 reads skips that part 1 made: they pass part 2 by)."""
+    status, stdout, stderr = _export(["--run", str(run_dir), "--out", str(tmp_path), "--components", "unet",
+                                      "--precision", "fp32", "--unet-parts", "3"])
+    assert status == 0, stderr
+    names = [f"unet_step_part{k}of3_fp32.tflite" for k in (1, 2, 3)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names + ["report.json"])
+    report = json.loads((tmp_path / "report.json").read_text())
+    [m] = report["models"]
+    assert m["error"] is None and max(m["rel_l2"].values()) <= 1e-4 and max(m["rel_l2_real"].values()) <= 1e-4
+    assert [Path(p["path"]).name for p in m["parts"]] == names
+    assert m["census"] == dict(sum((collections.Counter(p["census"]) for p in m["parts"]), collections.Counter()))
+    chain = report["components"]["unet_step"]["chain"]
+    assert [c["name"] for c in chain] == [n.removesuffix("_fp32.tflite") for n in names]
+    assert [i["name"] for i in chain[0]["inputs"]] == ["noise", "cond_latent", "image_embeds", "added_time_ids"]
+    assert chain[-1]["outputs"] == ["x0"] and "noise" in [i["name"] for i in chain[-1]["inputs"]]
+    x = _inputs(11)
+    step_inputs = {k: x[k] for k in ("noise", "cond_latent", "image_embeds", "added_time_ids")}
+    [got] = verify.run_litert_chain([tmp_path / n for n in names], [step_inputs])
+    want = verify.run_litert(exported[1] / "unet_step_fp32.tflite", step_inputs)
+    assert verify.rel_l2(got["x0"], want["x0"]) < 1e-5
+    passed_by = {i["name"] for i in chain[2]["inputs"] if i["name"].startswith("skip_")} & set(chain[0]["outputs"])
+    assert passed_by and not passed_by & {i["name"] for i in chain[1]["inputs"]}
+    assert [b for c in chain for b in c["blocks"]] == ["down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0",
+                                                      "up_blocks.1"]
+    # the next export at this precision, chained or not, first removes this one's files
+    tflite.remove_stale(tmp_path, "unet_step", "fp32")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+def test_the_converter_in_a_child_process(tmp_path):
+    """What large models take (export_component, above CHILD_PARAMS): the same model as in-process conversion,
+    and the child's failure as an ExportError."""
+    f = _tiny_function("tiny", lambda x: jnp.tanh(x) * 2.0)
+    graph = tflite.save_graph(f, tmp_path / "graph")
+    report = export_component(f, "fp32", tmp_path, graph=graph, in_child=True)
+    assert report.ok and report.worst < 1e-6
+    assert Path(report.path).read_bytes() == tflite.convert(f, "fp32", graph=graph)
+    # an ExportError in the child reaches the caller as itself (here before the child imports TensorFlow)
+    with pytest.raises(ExportError, match="unknown precision 'fp8'"):
+        tflite.convert_in_child(f, "fp8", graph, tmp_path / "out.tflite", buffer_offsets=False)
+    assert not (tmp_path / "out.tflite").exists()
+
+
 def test_prepare_unet_prunes_what_learned_gates_drop():
     gated_config = dataclasses.replace(UNET_CONFIG, pruned_temporal_blocks=(), temporal_gating="sampled")
     tensors = random_tensors(expected_parameters(gated_config), 3)
@@ -396,6 +512,9 @@ def test_cli_user_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         export_main(["--unet", str(tmp_path), "--out", str(tmp_path), "--precision", "bf16"])
     assert e.value.code == 2 and "fp32" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        export_main(["--unet", str(tmp_path), "--out", str(tmp_path), "--unet-parts", "-1"])
+    assert e.value.code == 2 and "--unet-parts" in capsys.readouterr().err
 
 
 # ---- AI Hub: the orchestration against a stand-in with qai_hub's call signatures -----------------------------

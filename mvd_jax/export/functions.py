@@ -61,10 +61,15 @@ class ExportFunction:
     sampler: Callable[[np.random.Generator], dict]  # realistic random inputs
     real_inputs: dict | None = None  # inputs from real data (clip_real_inputs), set with set_real_inputs
     _jitted: Any = dataclasses.field(default=None, repr=False)
+    _kept: list = dataclasses.field(default_factory=list, repr=False)  # [(inputs, outputs)], keep_references
+    _num_params: int = dataclasses.field(default=0, repr=False)
+
+    def __post_init__(self):
+        self._num_params = int(sum(p.size for p in self.params))
 
     @property
     def num_params(self) -> int:
-        return int(sum(p.size for p in self.params))
+        return self._num_params
 
     def sample_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
         return self.sampler(np.random.default_rng(seed))
@@ -89,11 +94,31 @@ class ExportFunction:
         self.real_inputs = real
 
     def reference(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The JAX outputs for `inputs` (a dict by input name), as NumPy."""
+        """The JAX outputs for `inputs` (a dict by input name), as NumPy: computed, or kept from
+        `keep_references` for the very same input arrays."""
+        for kept_inputs, outputs in self._kept:
+            if kept_inputs.keys() == inputs.keys() and all(np.array_equal(kept_inputs[k], inputs[k]) for k in inputs):
+                return outputs
+        if self.params is None:
+            raise RuntimeError(f"{self.name}: its parameters were released (release_params) and these inputs' "
+                               "outputs were not kept (keep_references)")
         if self._jitted is None:
             self._jitted = jax.jit(self.fn)
         args = [jnp.asarray(inputs[i.name], i.dtype) for i in self.inputs]
         return {k: np.asarray(v) for k, v in self._jitted(self.params, *args).items()}
+
+    def verification_sets(self, seed: int = 0) -> list[dict[str, np.ndarray]]:
+        """The input sets verification runs: the random one of `seed`, then the real one when set."""
+        return [self.sample_inputs(seed)] + ([self.real_inputs] if self.real_inputs is not None else [])
+
+    def keep_references(self, seed: int = 0) -> None:
+        """Computes and keeps the JAX outputs of `verification_sets(seed)`, so that the parameters can be
+        released before the converter runs (a 1 B-parameter UNet: 4 GB less at the export's peak)."""
+        self._kept = [(inputs, self.reference(inputs)) for inputs in self.verification_sets(seed)]
+
+    def release_params(self) -> None:
+        """Drops the parameters and the compiled reference; `reference` then answers only the kept inputs."""
+        self.params, self._jitted = None, None
 
     def check(self) -> None:
         """Traces the function on abstract inputs: a shape the model cannot take fails here, as a UserError,
@@ -108,17 +133,46 @@ class ExportFunction:
             raise AssertionError(f"{self.name} returns {tuple(out)}, declared {self.outputs}")
 
 
-def _split(module):
+def _split(module, keep: Callable[[str], bool] | None = None):
     """(rebuild(params) → module, params as a list of float32 NumPy arrays). The rebuilt module computes
     attention in XLA's batched form (BATCH_MATMUL, SOFTMAX on the phone): never the CPU form's loops, which
     would become TFLite WHILE loops, nor an accelerator kernel's custom call. The form is part of the
-    graph definition, so every trace of the function — the JAX reference, the TFLite conversion — sees it."""
+    graph definition, so every trace of the function — the JAX reference, the TFLite conversion — sees it.
+
+    `keep(path)` (a dotted parameter path, e.g. "down_blocks.0.resnets.0.spatial_res_block.conv1.kernel")
+    selects the parameters of a function that runs only part of the module (a link of the UNet chain,
+    unet_chain.py); the others become 0-d placeholders, so a part that reached for one fails while tracing."""
+    _to_device_arrays(module)
     graphdef, state = nnx.split(module)
     copy = attention_kernel.set_form(nnx.merge(graphdef, state), attention_kernel.XLA)  # same arrays, not copied
     graphdef, state = nnx.split(copy)
-    leaves, treedef = jax.tree.flatten(state)
-    params = [np.asarray(leaf, np.float32) for leaf in leaves]
-    return (lambda p: nnx.merge(graphdef, jax.tree.unflatten(treedef, list(p)))), params
+    with_paths, treedef = jax.tree_util.tree_flatten_with_path(state)
+    kept = [keep is None or keep(_dotted(path)) for path, _ in with_paths]
+    params = [np.asarray(leaf, np.float32) for (_, leaf), k in zip(with_paths, kept) if k]
+    placeholder = np.zeros((), np.float32)
+
+    def rebuild(p):
+        p = iter(p)
+        leaves = [next(p) if k else placeholder for k in kept]
+        return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+
+    return rebuild, params
+
+
+def _to_device_arrays(module) -> None:
+    """Replaces the module's NumPy leaves (a checkpoint loader's) by JAX arrays in place, one at a time. A jitted
+    call copies NumPy arguments into new device buffers on every call — 4 GB more for a 1 B-parameter UNet
+    while its reference outputs are computed — where JAX arrays are passed as they are; converting leaf by
+    leaf lets each NumPy array go as soon as its copy exists (measured: export/README.md)."""
+    for _, node in nnx.iter_graph(module):
+        if isinstance(node, nnx.Variable) and isinstance(node.get_value(), np.ndarray):
+            node.set_value(jnp.asarray(node.get_value()))
+
+
+def _dotted(path) -> str:
+    """A pytree path of an nnx state as the dotted parameter name ("conv_in.kernel")."""
+    keys = [getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path]
+    return ".".join(str(k) for k in keys if k != "value")
 
 
 # ---- the UNet ----------------------------------------------------------------------------------------
@@ -151,6 +205,20 @@ def one_step_constants(sigma_max: float) -> dict[str, float]:
                 c_noise=float(0.25 * np.log(s)))
 
 
+def one_step_inputs(k: dict, noise, cond_latent, image_embeds, added_time_ids) -> tuple:
+    """The UNet's arguments (sample, timestep, encoder_hidden_states, added_time_ids) for the single step at
+    the σ of `k` (one_step_constants)."""
+    b, t = noise.shape[:2]
+    cond = jnp.broadcast_to(cond_latent[:, None], (b, t, *cond_latent.shape[1:]))
+    x = jnp.concatenate([k["in_scale"] * noise, cond], axis=-1)
+    return x, jnp.full((b,), k["c_noise"], jnp.float32), image_embeds[:, None, :], added_time_ids
+
+
+def one_step_output(k: dict, noise, v):
+    """x̂0 from the UNet's output `v` (EDM's skip connection at σ_max, folded as in the module docstring)."""
+    return k["skip_scale"] * noise + k["out_scale"] * v
+
+
 def unet_step(unet, *, frames: int, latent_height: int, latent_width: int, batch: int = 1,
               sigma_max: float = edm.SIGMA_MAX) -> ExportFunction:
     """The distilled single step (samplers.single_step_sample) of a UNet in inference form (prepare_unet)."""
@@ -164,12 +232,8 @@ def unet_step(unet, *, frames: int, latent_height: int, latent_width: int, batch
     ids = c.num_added_time_ids
 
     def fn(params, noise, cond_latent, image_embeds, added_time_ids):
-        model = rebuild(params)
-        b, t = noise.shape[:2]
-        cond = jnp.broadcast_to(cond_latent[:, None], (b, t, *cond_latent.shape[1:]))
-        x = jnp.concatenate([k["in_scale"] * noise, cond], axis=-1)
-        v = model(x, jnp.full((b,), k["c_noise"], jnp.float32), image_embeds[:, None, :], added_time_ids)
-        return {"x0": k["skip_scale"] * noise + k["out_scale"] * v}
+        return {"x0": one_step_output(k, noise, rebuild(params)(*one_step_inputs(k, noise, cond_latent, image_embeds,
+                                                                               added_time_ids)))}
 
     def sampler(rng):
         motion = rng.uniform(60, 200, (batch, 1))

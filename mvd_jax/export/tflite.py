@@ -2,11 +2,19 @@
 
     jax2tf.convert(fn, with_gradient=False)       StableHLO inside one XlaCallModule (jax2tf's only path)
     tf.function with named static TensorSpecs     the signature "serving_default": inputs and outputs named
-    parameters as tf.Variables                    the program stays small; the converter freezes them
-    TFLiteConverter.from_concrete_functions       supported_ops = [TFLITE_BUILTINS]: an op without a builtin
+    parameters as tf.Variables → a SavedModel     `save_graph`: the graph and its weights on disk, written
+                                                  once and read by every precision's conversion
+    TFLiteConverter.from_saved_model              supported_ops = [TFLITE_BUILTINS]: an op without a builtin
                                                   fails the conversion instead of becoming a Flex op
     fp16: optimizations=[DEFAULT], supported_types=[float16]   float16 weights, about half the file
     int8: optimizations=[DEFAULT] + representative dataset, TFLITE_BUILTINS_INT8 (w8a8, float I/O)
+
+Memory (export/README.md "Memory to convert"). TensorFlow's converter needs ≈ 23 bytes per parameter, and
+keeps much of it until its process ends. So the exporter saves the graph first,
+releases its own copies of the weights (the JAX outputs verification compares with are computed before,
+ExportFunction.keep_references), and converts a large model in a child process
+(`python -m mvd_jax.export.tflite SAVED_MODEL PRECISION OUT`) that returns everything to the system when it
+exits. A model too large even for that is cut into a chain of graphs (unet_chain.py).
 
 The converter names a signature's tensors "serving_default_noise:0" / "StatefulPartitionedCall:0";
 `name_io_tensors` renames them to the signature names (noise, x0) so AI Hub's input/output specs and any
@@ -23,19 +31,27 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
+import subprocess
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from mvd_jax.export import ExportError
-from mvd_jax.export.functions import ExportFunction
-from mvd_jax.export.verify import Report, install_verified
+if TYPE_CHECKING:  # the converter's child process (python -m mvd_jax.export.tflite) need not import JAX
+    from mvd_jax.export.functions import ExportFunction
+from mvd_jax.export.verify import Report, install_verified, install_verified_chain, partial_path
 
 PRECISIONS = ("fp32", "fp16", "int8")
 TFLITE_2GB = 2**31 - 1
 LARGE_MODEL_BYTES = 3 * 2**29  # 1.5 GiB of weights: beyond it, weights go after the flatbuffer (see convert)
+CHILD_PARAMS = 32_000_000  # above it, the converter runs in a child process (module docstring)
+REPRESENTATIVE_SEEDS = range(1, 9)  # int8 calibration: the function's random inputs of these seeds
 
 
 # TensorFlow's C++ code logs straight to the process's stderr (file descriptor 2), beneath Python's warnings
@@ -102,35 +118,82 @@ def concrete_function(f: ExportFunction):
     return module, serve.get_concrete_function()
 
 
+def save_graph(f: ExportFunction, folder) -> Path:
+    """`f` as a SavedModel in `folder` (signature "serving_default", the parameters as its variables): what
+    every conversion of `f` reads. The tf.Variables live only while it is written. For int8 calibration the
+    function's random inputs go beside it (representative/*.npz), so a converter in another process has them."""
+    tf = _tf()
+    folder = Path(folder)
+    module, fn = concrete_function(f)
+    with without_tf_log_noise():
+        tf.saved_model.save(module, str(folder), signatures={"serving_default": fn})
+    # (TensorFlow does not give the variables' memory back to the system after this: 4 bytes per parameter
+    # stay resident in this process — measured with bare tf.Variables too, export/README.md.)
+    del module, fn
+    return folder
+
+
+def release_memory() -> None:
+    """Gives the memory of released weights back to the system before a converter process starts: Python's
+    cycles collected, JAX's compiled programs (and the buffers they keep) dropped, and glibc's free heap
+    returned (most weight arrays are below its mmap threshold, so freeing them alone leaves the process's
+    resident size where it was: measured 1.59 → 0.99 GiB on a 47 M-parameter UNet, export/README.md)."""
+    import ctypes
+    import gc
+
+    import jax
+
+    gc.collect()
+    jax.clear_caches()
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the allocator keeps what it keeps
+        pass
+
+
+def write_representative(f: ExportFunction, folder: Path) -> None:
+    rep = folder / "representative"
+    if not rep.is_dir():
+        rep.mkdir()
+        for s in REPRESENTATIVE_SEEDS:
+            np.savez(rep / f"{s}.npz", **f.sample_inputs(s))
+
+
+def _representative(folder: Path):
+    files = sorted((folder / "representative").glob("*.npz"), key=lambda p: int(p.stem))
+    if not files:
+        raise ExportError(f"int8 needs calibration inputs beside the graph ({folder / 'representative'})")
+    for path in files:
+        with np.load(path) as data:
+            yield {k: data[k] for k in data.files}
+
+
 def weight_bytes(f: ExportFunction, precision: str) -> int:
     return f.num_params * {"fp32": 4, "fp16": 2, "int8": 1}[precision]
 
 
-def convert(f: ExportFunction, precision: str, *, traced=None, representative_seeds=range(1, 9),
-            buffer_offsets: bool | None = None) -> bytes:
-    """The `.tflite` bytes of `f` at `precision` ("fp32", "fp16" or "int8"). `traced` reuses the result
-    of `concrete_function(f)` across precisions.
+def convert_saved_model(folder, precision: str, *, buffer_offsets: bool, name: str = "") -> bytes:
+    """The `.tflite` bytes of the SavedModel `save_graph` wrote, at `precision` ("fp32", "fp16" or "int8").
 
-    `buffer_offsets` (default: when the weights pass LARGE_MODEL_BYTES) stores the weights after the
-    flatbuffer instead of inside it — the only way past the 2 GB flatbuffer limit (an SVD-size UNet is
-    6 GB in fp32), read by LiteRT 2.3. The converter then also skips its Python-side re-serialisations
-    (buffer de-duplication, metadata), which lowers its peak memory (export/README.md).
+    `buffer_offsets` stores the weights after the flatbuffer instead of inside it — the only way past the
+    2 GB flatbuffer limit (an SVD-size UNet is 6 GB in fp32), read by LiteRT 2.3. The converter then also
+    skips its Python-side re-serialisations (buffer de-duplication, metadata), which lowers its peak memory
+    (export/README.md).
     """
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     tf = _tf()
-    module, fn = traced or concrete_function(f)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], module)
+    folder = Path(folder)
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(folder), signature_keys=["serving_default"])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if buffer_offsets is None:
-        buffer_offsets = weight_bytes(f, precision) > LARGE_MODEL_BYTES
     converter._experimental_use_buffer_offset = bool(buffer_offsets)  # TF 2.21 has no public switch for it
     if precision == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif precision == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: (f.sample_inputs(s) for s in representative_seeds)
+        converter.representative_dataset = lambda: _representative(folder)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     try:
         with warnings.catch_warnings():  # int8 calibration runs TF's own (deprecated) interpreter
@@ -140,9 +203,57 @@ def convert(f: ExportFunction, precision: str, *, traced=None, representative_se
     except Exception as e:  # ConverterError and friends: the graph cannot be expressed in builtins
         lines = [line.strip() for line in str(e).splitlines() if "error:" in line] or str(e).splitlines()[:1]
         detail = "".join("\n  " + line.split("error:", 1)[-1].strip() for line in dict.fromkeys(lines))
-        raise ExportError(f"{f.name} {precision}: the TFLite converter refused the graph "
+        raise ExportError(f"{name or folder.name} {precision}: the TFLite converter refused the graph "
                           f"({type(e).__name__}){detail}") from None
     return name_io_tensors(model)
+
+
+def convert(f: ExportFunction, precision: str, *, graph=None, buffer_offsets: bool | None = None) -> bytes:
+    """The `.tflite` bytes of `f` at `precision`, converted in this process; `graph` reuses the SavedModel of
+    an earlier `save_graph(f, …)` (default: one written to a temporary folder). `buffer_offsets` defaults to
+    on when the weights pass LARGE_MODEL_BYTES."""
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if buffer_offsets is None:
+        buffer_offsets = weight_bytes(f, precision) > LARGE_MODEL_BYTES
+    with contextlib.ExitStack() as stack:
+        if graph is None:
+            graph = save_graph(f, stack.enter_context(tempfile.TemporaryDirectory(prefix="mvd_graph_")))
+        if precision == "int8":
+            write_representative(f, Path(graph))
+        return convert_saved_model(graph, precision, buffer_offsets=buffer_offsets, name=f.name)
+
+
+def convert_in_child(f: ExportFunction, precision: str, graph, out_path, *, buffer_offsets: bool | None = None,
+                     timeout_s: float = 6 * 3600) -> None:
+    """`convert`, run by a child process that writes the model to `out_path`: the converter's memory goes back
+    to the system when it exits, and this process never holds the flatbuffer."""
+    if buffer_offsets is None:
+        buffer_offsets = weight_bytes(f, precision) > LARGE_MODEL_BYTES
+    if precision == "int8":
+        write_representative(f, Path(graph))
+    cmd = [sys.executable, "-m", "mvd_jax.export.tflite", str(graph), precision, str(out_path), f.name]
+    cmd += ["--buffer-offsets"] if buffer_offsets else []
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise ExportError(f"{f.name} {precision}: the converter did not finish within {timeout_s:.0f} s") from None
+    if proc.returncode != 0:
+        rc = proc.returncode
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        if rc < 0:
+            why = signal.Signals(-rc).name + (" — out of memory? (export/README.md: memory to convert; "
+                                              "--unet-parts cuts the UNet into smaller graphs)"
+                                              if -rc == signal.SIGKILL else "")
+            raise ExportError(f"{f.name} {precision}: the converter process was killed by {why}"
+                              + "".join("\n  " + t for t in lines[-5:]))
+        if lines and lines[-1].startswith(CHILD_ERROR):  # an ExportError in the child: its message as it is
+            raise ExportError(lines[-1][len(CHILD_ERROR):].replace("\\n", "\n"))
+        raise ExportError(f"{f.name} {precision}: the converter process exited with status {rc}"
+                          + "".join("\n  " + t for t in lines[-8:]))
+
+
+CHILD_ERROR = "mvd_jax.export.tflite error: "
 
 
 def name_io_tensors(model: bytes) -> bytes:
@@ -164,25 +275,102 @@ def name_io_tensors(model: bytes) -> bytes:
     return bytes(builder.Output())
 
 
-def export_component(f: ExportFunction, precision: str, out_dir, *, traced=None, tolerance: float | None = None,
-                     seed: int = 0, converter=None) -> Report:
+def export_component(f: ExportFunction, precision: str, out_dir, *, graph=None, tolerance: float | None = None,
+                     seed: int = 0, converter=None, in_child: bool | None = None) -> Report:
     """Convert and install `OUT_DIR/<name>_<precision>.tflite` if it verifies (verify.install_verified).
 
-    Returns the report; raises ExportError (the report, as far as it got, is attached as `e.report`).
-    `converter(f, precision) -> bytes` replaces `convert` (tests use it to hand in a forbidden graph).
+    `graph`: the function's SavedModel (save_graph), shared by its precisions; `in_child` (default: above
+    CHILD_PARAMS parameters) converts in a child process (convert_in_child). Returns the report; raises
+    ExportError (the report, as far as it got, is attached as `e.report`). `converter(f, precision) -> bytes`
+    replaces the conversion (tests use it to hand in a forbidden graph).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{f.name}_{precision}.tflite"
-    final.unlink(missing_ok=True)  # a stale model must not pass for this export's result
+    remove_stale(out_dir, f.name, precision)
+    partial = partial_path(final)
     report = Report(f.name, precision, num_params=f.num_params)
+    in_child = f.num_params > CHILD_PARAMS if in_child is None else in_child
     try:
         t0 = time.perf_counter()
-        model = converter(f, precision) if converter else convert(f, precision, traced=traced)
+        try:
+            if converter is not None:
+                partial.write_bytes(converter(f, precision))
+            elif in_child:
+                if graph is None:
+                    raise ValueError("a conversion in a child process reads the graph save_graph wrote: pass graph=")
+                convert_in_child(f, precision, graph, partial)
+            else:
+                partial.write_bytes(convert(f, precision, graph=graph))
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         report.convert_s = time.perf_counter() - t0
-        return install_verified(model, final, f, precision, tolerance=tolerance, seed=seed, report=report)
+        return install_verified(partial, final, f, precision, tolerance=tolerance, seed=seed, report=report)
     except ExportError as e:
         report.error = str(e)
         e.report = report
         raise
 
+
+def export_chain(chain, precision: str, out_dir, *, graphs, tolerance: float | None = None, seed: int = 0,
+                 in_child: bool | None = None, progress=None) -> Report:
+    """`export_component` for a UNet chain (unet_chain.py): every part converted from its graph (`graphs`, in
+    order), then all of them installed as `<part name>_<precision>.tflite` if the chain verifies end to end
+    (verify.install_verified_chain), none otherwise. `progress(line)` hears of each part (a long export's
+    only sign of life)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = chain.full.name
+    remove_stale(out_dir, name, precision)
+    finals = [out_dir / f"{part.name}_{precision}.tflite" for part in chain.parts]
+    report = Report(name, precision, num_params=sum(part.num_params for part in chain.parts))
+    try:
+        t0 = time.perf_counter()
+        try:
+            for part, graph, final in zip(chain.parts, graphs, finals):
+                t1 = time.perf_counter()
+                if part.num_params > CHILD_PARAMS if in_child is None else in_child:
+                    convert_in_child(part, precision, graph, partial_path(final))
+                else:
+                    partial_path(final).write_bytes(convert(part, precision, graph=graph))
+                if progress:
+                    progress(f"{part.name} {precision}: converted in {time.perf_counter() - t1:.1f} s "
+                             f"({part.num_params / 1e6:.1f} M parameters, "
+                             f"{partial_path(final).stat().st_size / 2**20:.1f} MiB)")
+        except BaseException:
+            for final in finals:
+                partial_path(final).unlink(missing_ok=True)
+            raise
+        report.convert_s = time.perf_counter() - t0
+        if progress:
+            progress(f"{name} {precision}: verifying the chain of {len(finals)} with LiteRT")
+        return install_verified_chain(finals, chain, precision, tolerance=tolerance, seed=seed, report=report)
+    except ExportError as e:
+        report.error = str(e)
+        e.report = report
+        raise
+
+
+def remove_stale(out_dir: Path, name: str, precision: str) -> None:
+    """Deletes an earlier export's `name` model at `precision` — one graph or a chain's parts — so that a stale
+    model never passes for this export's result."""
+    (out_dir / f"{name}_{precision}.tflite").unlink(missing_ok=True)
+    for part in out_dir.glob(f"{name}_part*of*_{precision}.tflite"):
+        part.unlink()
+
+
+def _child_main(argv) -> int:
+    """The converter process of convert_in_child: SAVED_MODEL PRECISION OUT NAME [--buffer-offsets]."""
+    graph, precision, out, name, *flags = argv
+    try:
+        model = convert_saved_model(graph, precision, buffer_offsets="--buffer-offsets" in flags, name=name)
+    except ExportError as e:
+        print(CHILD_ERROR + str(e).replace("\n", "\\n"), file=sys.stderr)
+        return 1
+    Path(out).write_bytes(model)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))

@@ -122,32 +122,34 @@ def format_census(census, top: int = 6) -> str:
 
 
 # ---- running LiteRT ------------------------------------------------------------------------------------
-def run_litert(model_path, inputs: dict[str, np.ndarray], *, timeout_s: float = 600) -> dict[str, np.ndarray]:
+def run_litert(model_path, inputs: dict[str, np.ndarray], *, timeout_s: float = 3600) -> dict[str, np.ndarray]:
     """The model's outputs for `inputs` (keyed by signature input name), computed by ai_edge_litert's
     Interpreter (default delegates: XNNPACK on CPU) in a child process."""
     return run_litert_sets(model_path, [inputs], timeout_s=timeout_s)[0]
 
 
-def run_litert_sets(model_path, input_sets: list[dict], *, timeout_s: float = 600) -> list[dict[str, np.ndarray]]:
-    """`run_litert` for several input sets, one after another in one child process (the model loads once)."""
+def run_litert_sets(model_path, input_sets: list[dict], *, timeout_s: float = 3600) -> list[dict[str, np.ndarray]]:
+    """`run_litert` for several input sets, one after another in one child process (the model loads once).
+    `model_path` may be a list: a chain whose parts run in order (run_litert_chain); the last one's outputs
+    are returned."""
+    models = [str(p) for p in (model_path if isinstance(model_path, (list, tuple)) else [model_path])]
+    label = ", ".join(Path(m).name.removeprefix(".").removesuffix(".partial") for m in models)
     with tempfile.TemporaryDirectory(prefix="mvd_litert_") as tmp:
         paths = []
         for n, inputs in enumerate(input_sets):
             src, dst = Path(tmp) / f"inputs_{n}.npz", Path(tmp) / f"outputs_{n}.npz"
             np.savez(src, **inputs)
             paths += [str(src), str(dst)]
-        cmd = [sys.executable, "-m", "mvd_jax.export.verify", str(model_path), *paths]
+        cmd = [sys.executable, "-m", "mvd_jax.export.verify", *models, "--", *paths]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            raise ExportError(f"LiteRT did not finish {Path(model_path).name.removeprefix('.').removesuffix('.partial')} "
-                              f"within {timeout_s:.0f} s") from None
+            raise ExportError(f"LiteRT did not finish {label} within {timeout_s:.0f} s") from None
         if proc.returncode != 0:
             rc = proc.returncode
             how = f"was killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with status {rc}"
             tail = [line for line in proc.stderr.splitlines() if line.strip()][-8:]
-            name = Path(model_path).name.removeprefix(".").removesuffix(".partial")
-            raise ExportError(f"LiteRT {how} running {name}" + "".join("\n  " + t for t in tail))
+            raise ExportError(f"LiteRT {how} running {label}" + "".join("\n  " + t for t in tail))
         outputs = []
         for dst in paths[1::2]:
             with np.load(dst) as out:
@@ -155,19 +157,35 @@ def run_litert_sets(model_path, input_sets: list[dict], *, timeout_s: float = 60
         return outputs
 
 
-def _litert_worker(model_path: str, *paths: str) -> None:
-    """Runs the model on each INPUTS.npz of the (INPUTS.npz, OUTPUTS.npz) pairs in `paths`."""
+def _litert_worker(*argv: str) -> None:
+    """MODEL… -- (INPUTS.npz OUTPUTS.npz)…: runs every input set through the models in order, one model
+    loaded at a time; each model takes its inputs by name from the set and the earlier models' outputs (one
+    model: the set must be exactly its inputs). Writes the last model's outputs."""
+    import gc
+
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=model_path, num_threads=os.cpu_count() or 1)
-    runner = interpreter.get_signature_runner()
-    expected = set(runner.get_input_details())
-    for src, dst in zip(paths[::2], paths[1::2]):
+    split = argv.index("--")
+    models, paths = argv[:split], argv[split + 1:]
+    tensors = []
+    for src in paths[::2]:
         with np.load(src) as f:
-            inputs = {k: f[k] for k in f.files}
-        if set(inputs) != expected:
-            sys.exit(f"the model's inputs are {sorted(expected)}, given {sorted(inputs)}")
-        np.savez(dst, **runner(**inputs))
+            tensors.append({k: f[k] for k in f.files})
+    for n, model in enumerate(models):
+        interpreter = Interpreter(model_path=model, num_threads=os.cpu_count() or 1)
+        runner = interpreter.get_signature_runner()
+        expected = set(runner.get_input_details())
+        outputs = list(runner.get_output_details())
+        for t in tensors:
+            if len(models) == 1 and set(t) != expected:
+                sys.exit(f"the model's inputs are {sorted(expected)}, given {sorted(t)}")
+            if not expected <= set(t):
+                sys.exit(f"part {n + 1} of the chain reads {sorted(expected - set(t))}, which nothing before it made")
+            t.update(runner(**{k: t[k] for k in expected}))
+        del runner, interpreter
+        gc.collect()
+    for t, dst in zip(tensors, paths[1::2]):
+        np.savez(dst, **{k: t[k] for k in outputs})
 
 
 # ---- comparison ----------------------------------------------------------------------------------------
@@ -196,6 +214,7 @@ class Report:
     convert_s: float = 0.0
     verify_s: float = 0.0
     error: str | None = None
+    parts: list = dataclasses.field(default_factory=list)  # a chain's parts: name, path, size, params, census
 
     @property
     def ok(self) -> bool:
@@ -224,26 +243,34 @@ def check_model(model_path, f, precision: str, *, tolerance: float | None = None
     report.tolerance = TOLERANCES[precision] if tolerance is None else tolerance
     report.size_bytes = Path(model_path).stat().st_size
     report.census = dict(op_census(model_path))
-    bad = non_builtin_ops(report.census)
+    _refuse_non_builtins(report.census, f"{f.name} {precision}")
+    t0 = time.perf_counter()
+    _compare(report, f, precision, run_litert_sets(model_path, f.verification_sets(seed)), seed)
+    report.verify_s = time.perf_counter() - t0
+    return report
+
+
+def _refuse_non_builtins(census, what: str) -> None:
+    bad = non_builtin_ops(census)
     if bad:
-        raise ExportError(f"{f.name} {precision}: non-builtin ops {bad} in the TFLite graph; phones run "
-                          "TFLite builtins only")
-    loops = control_flow_ops(report.census)
+        raise ExportError(f"{what}: non-builtin ops {bad} in the TFLite graph; phones run TFLite builtins only")
+    loops = control_flow_ops(census)
     if loops:
-        raise ExportError(f"{f.name} {precision}: control flow {', '.join(f'{op}×{report.census[op]}' for op in loops)} "
+        raise ExportError(f"{what}: control flow {', '.join(f'{op}×{census[op]}' for op in loops)} "
                           "in the TFLite graph; phone NPUs run straight-line graphs (was attention traced in a "
                           "loop form? export/functions.py builds XLA's)")
-    t0 = time.perf_counter()
-    input_sets = [f.sample_inputs(seed)] + ([f.real_inputs] if f.real_inputs is not None else [])
-    got_sets = run_litert_sets(model_path, input_sets)
+
+
+def _compare(report: Report, f, precision: str, got_sets: list[dict], seed: int) -> None:
+    """Fills the report's errors: LiteRT's outputs (one dict per verification set of `f`) vs JAX's; raises
+    ExportError when the worst is over the tolerance."""
     errors = []
-    for inputs, got in zip(input_sets, got_sets):
+    for inputs, got in zip(f.verification_sets(seed), got_sets):
         want = f.reference(inputs)
         missing = sorted(set(want) - set(got))
         if missing:
             raise ExportError(f"{f.name} {precision}: the model has no output(s) {missing} (it has {sorted(got)})")
         errors.append({k: rel_l2(got[k], want[k]) for k in f.outputs})
-    report.verify_s = time.perf_counter() - t0
     report.rel_l2 = errors[0]
     report.rel_l2_real = errors[1] if len(errors) > 1 else {}
     if not report.worst <= report.tolerance:  # also catches NaN
@@ -251,15 +278,25 @@ def check_model(model_path, f, precision: str, *, tolerance: float | None = None
                       else ("real", report.worst_real))
         raise ExportError(f"{f.name} {precision}: LiteRT differs from JAX by relative L2 "
                           f"{err:.3g} on the {which} inputs > tolerance {report.tolerance:g}")
-    return report
 
 
-def install_verified(model: bytes, final_path, f, precision: str, *, tolerance: float | None = None,
-                     seed: int = 0, report: Report | None = None) -> Report:
-    """Writes `model` to `final_path` only if `check_model` passes (see the module docstring)."""
+def partial_path(final_path) -> Path:
+    """Where a model is written before it verifies: `.NAME.tflite.partial` beside its final name."""
     final_path = Path(final_path)
-    partial = final_path.with_name(f".{final_path.name}.partial")
-    partial.write_bytes(model)
+    return final_path.with_name(f".{final_path.name}.partial")
+
+
+def install_verified(model, final_path, f, precision: str, *, tolerance: float | None = None,
+                     seed: int = 0, report: Report | None = None) -> Report:
+    """Renames the model to `final_path` only if `check_model` passes (see the module docstring). `model` is
+    its bytes, or its file already written at `partial_path(final_path)`; the partial file is gone afterwards
+    either way."""
+    final_path = Path(final_path)
+    partial = partial_path(final_path)
+    if not isinstance(model, (str, os.PathLike)):
+        partial.write_bytes(model)
+    elif Path(model) != partial:
+        raise ValueError(f"a written model must be at {partial}, got {model}")
     try:
         report = check_model(partial, f, precision, tolerance=tolerance, seed=seed, report=report)
         os.replace(partial, final_path)
@@ -269,5 +306,54 @@ def install_verified(model: bytes, final_path, f, precision: str, *, tolerance: 
     return report
 
 
-if __name__ == "__main__":  # the LiteRT child process of run_litert_sets: MODEL (INPUTS.npz OUTPUTS.npz)…
+# ---- a chain of models (the UNet step in parts, unet_chain.py) -------------------------------------------
+def run_litert_chain(model_paths, input_sets: list[dict], *, timeout_s: float = 6 * 3600) -> list[dict]:
+    """The chain's final outputs for each input set: one child process loads the parts one at a time, in
+    order (only one part's weights in memory), runs every input set through it and feeds each part by name
+    from the inputs and the earlier parts' outputs."""
+    return run_litert_sets(list(model_paths), input_sets, timeout_s=timeout_s)
+
+
+def check_chain(model_paths, chain, precision: str, *, tolerance: float | None = None, seed: int = 0,
+                report: Report | None = None) -> Report:
+    """`check_model` for a chain: every part's census (builtins only, no control flow), then the chain run
+    end to end by LiteRT against the single-graph JAX function (`chain.full`) on its random and real inputs."""
+    f = chain.full
+    report = report or Report(f.name, precision)
+    report.tolerance = TOLERANCES[precision] if tolerance is None else tolerance
+    report.parts = []
+    census = collections.Counter()
+    for path, part in zip(model_paths, chain.parts):
+        part_census = op_census(path)
+        census.update(part_census)
+        report.parts.append(dict(name=part.name, size_bytes=Path(path).stat().st_size, num_params=part.num_params,
+                                 census=dict(part_census)))
+    report.size_bytes = sum(p["size_bytes"] for p in report.parts)
+    report.census = dict(census)
+    _refuse_non_builtins(census, f"{f.name} {precision}")
+    t0 = time.perf_counter()
+    _compare(report, f, precision, run_litert_chain(model_paths, f.verification_sets(seed)), seed)
+    report.verify_s = time.perf_counter() - t0
+    return report
+
+
+def install_verified_chain(final_paths, chain, precision: str, *, tolerance: float | None = None, seed: int = 0,
+                           report: Report | None = None) -> Report:
+    """`install_verified` for a chain whose parts are written at their partial paths: all of them are renamed
+    if the chain verifies, none otherwise."""
+    partials = [partial_path(p) for p in final_paths]
+    try:
+        report = check_chain(partials, chain, precision, tolerance=tolerance, seed=seed, report=report)
+        for partial, final in zip(partials, final_paths):
+            os.replace(partial, final)
+    finally:
+        for partial in partials:
+            partial.unlink(missing_ok=True)
+    for part, final in zip(report.parts, final_paths):
+        part["path"] = str(final)
+    report.path = str(final_paths[0])
+    return report
+
+
+if __name__ == "__main__":  # the LiteRT child process of run_litert_sets: MODEL… -- (INPUTS.npz OUTPUTS.npz)…
     _litert_worker(*sys.argv[1:])
