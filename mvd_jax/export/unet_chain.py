@@ -128,7 +128,6 @@ def unet_step_chain(unet, *, parts: int, frames: int, latent_height: int, latent
     steps = plan_parts(step_params(unet), parts)
     k = one_step_constants(sigma_max)
     step_inputs = {i.name: i for i in full.inputs}
-    t_frames = frames
 
     # The state after begin and after every step, abstractly: the shapes crossing each cut and the skip stack's
     # depth (down blocks only push, up blocks only pop: skip j is the j-th pushed, at stack position j).
@@ -179,7 +178,7 @@ def unet_step_chain(unet, *, parts: int, frames: int, latent_height: int, latent
         out_names = (["x0"] if last else [f"hidden_{p + 1}"]) + [f"skip_{j}" for j in made_skips] + \
             (["emb"] if first and not last else [])
 
-        fn, rebuild_params = _part_fn(unet, keep_prefixes, run, first=first, last=last, k=k, frames=t_frames,
+        fn, rebuild_params = _part_fn(unet, keep_prefixes, run, first=first, last=last, k=k, frames=frames,
                                       read_skips=read_skips, d_start=d_start, skip_shapes=skip_shapes,
                                       in_names=[c[0] for c in candidates], out_names=out_names)
         used, returned = _used_inputs(fn, rebuild_params, [c[1] for c in candidates])

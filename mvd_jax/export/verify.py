@@ -245,7 +245,8 @@ def check_model(model_path, f, precision: str, *, tolerance: float | None = None
     report.census = dict(op_census(model_path))
     _refuse_non_builtins(report.census, f"{f.name} {precision}")
     t0 = time.perf_counter()
-    _compare(report, f, precision, run_litert_sets(model_path, f.verification_sets(seed)), seed)
+    input_sets = f.verification_sets(seed)
+    _compare(report, f, precision, input_sets, run_litert_sets(model_path, input_sets))
     report.verify_s = time.perf_counter() - t0
     return report
 
@@ -261,11 +262,11 @@ def _refuse_non_builtins(census, what: str) -> None:
                           "loop form? export/functions.py builds XLA's)")
 
 
-def _compare(report: Report, f, precision: str, got_sets: list[dict], seed: int) -> None:
-    """Fills the report's errors: LiteRT's outputs (one dict per verification set of `f`) vs JAX's; raises
+def _compare(report: Report, f, precision: str, input_sets: list[dict], got_sets: list[dict]) -> None:
+    """Fills the report's errors: LiteRT's outputs for `input_sets` (f's verification sets) vs JAX's; raises
     ExportError when the worst is over the tolerance."""
     errors = []
-    for inputs, got in zip(f.verification_sets(seed), got_sets):
+    for inputs, got in zip(input_sets, got_sets):
         want = f.reference(inputs)
         missing = sorted(set(want) - set(got))
         if missing:
@@ -332,7 +333,8 @@ def check_chain(model_paths, chain, precision: str, *, tolerance: float | None =
     report.census = dict(census)
     _refuse_non_builtins(census, f"{f.name} {precision}")
     t0 = time.perf_counter()
-    _compare(report, f, precision, run_litert_chain(model_paths, f.verification_sets(seed)), seed)
+    input_sets = f.verification_sets(seed)
+    _compare(report, f, precision, input_sets, run_litert_chain(model_paths, input_sets))
     report.verify_s = time.perf_counter() - t0
     return report
 
