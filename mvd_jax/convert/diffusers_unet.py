@@ -9,7 +9,6 @@ offending parameter with both shapes. Nothing is skipped or zero-filled.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 from mvd_jax import storage
 from mvd_jax.convert.safetensors_io import read_header, read_safetensors
 from mvd_jax.convert.sgm_names import SGM_PREFIX, diffusers_to_sgm
+from mvd_jax.convert import strict
 from mvd_jax.convert.strict import folder_weights, read_json_object, refuse_pickle, save_module
 from mvd_jax.errors import UserError
 from mvd_jax.models.unet import SpatioTemporalUNet
@@ -36,13 +36,8 @@ WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
 # ---- config resolution ---------------------------------------------------------------------------
 def resolve_config(config: Any) -> UNetConfig:
-    if isinstance(config, UNetConfig):
-        return config
-    if isinstance(config, dict):
-        return UNetConfig.from_dict(config)
-    if isinstance(config, (str, os.PathLike)):
-        return _read_diffusers_config(Path(config))
-    raise UserError(f"config must be a UNetConfig, a dict or a path to config.json, not {type(config).__name__}")
+    """A UNetConfig, a dict of diffusers' keys, or a path to config.json → UNetConfig."""
+    return strict.resolve_config(config, UNetConfig, DIFFUSERS_CLASS)
 
 
 def _read_diffusers_config(path: Path) -> UNetConfig:

@@ -17,7 +17,6 @@ loaded, and reading one needs torch); diffusers' `save_pretrained(safe_serializa
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mvd_jax import storage
-from mvd_jax.convert.strict import folder_weights, read_json_object
+from mvd_jax.convert import strict
+from mvd_jax.convert.strict import folder_weights
 from mvd_jax.errors import UserError
 from mvd_jax.models.guidance_embedding import with_fresh_guidance
 from mvd_jax.models.tensors import (
@@ -44,14 +44,7 @@ WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
 def resolve_config(config: Any) -> UNet2DConditionConfig:
     """A UNet2DConditionConfig, a dict of diffusers' keys, or a path to config.json → UNet2DConditionConfig."""
-    if isinstance(config, UNet2DConditionConfig):
-        return config
-    if isinstance(config, dict):
-        return UNet2DConditionConfig.from_dict(config)
-    if isinstance(config, (str, os.PathLike)):
-        return UNet2DConditionConfig.from_dict(read_json_object(Path(config), DIFFUSERS_CLASS))
-    raise UserError(f"config must be a UNet2DConditionConfig, a dict or a path to config.json, "
-                    f"not {type(config).__name__}")
+    return strict.resolve_config(config, UNet2DConditionConfig, DIFFUSERS_CLASS)
 
 
 def abstract_unet2d(config: UNet2DConditionConfig) -> UNet2DConditionModel:

@@ -76,6 +76,18 @@ def read_json_object(path: Path, expected_class: str | None = None) -> dict:
     return d
 
 
+def resolve_config(config, cls, expected_class: str):
+    """`config` as a `cls` (a config dataclass with `from_dict`): itself, a dict of diffusers' keys, or a path
+    to a config.json (whose `_class_name` must be `expected_class`)."""
+    if isinstance(config, cls):
+        return config
+    if isinstance(config, dict):
+        return cls.from_dict(config)
+    if isinstance(config, (str, os.PathLike)):
+        return cls.from_dict(read_json_object(Path(config), expected_class))
+    raise UserError(f"config must be a {cls.__name__}, a dict or a path to config.json, not {type(config).__name__}")
+
+
 def save_module(model, folder, weights_name: str, config: dict, *, float16: bool = False) -> Path:
     """Writes `config` as config.json and the model's parameters (torch names and layouts) as `weights_name`,
     the folder diffusers'/transformers' from_pretrained reads; `float16`: half the bytes, under diffusers'
