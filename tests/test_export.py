@@ -442,6 +442,29 @@ def test_the_converter_in_a_child_process(tmp_path):
     assert not (tmp_path / "out.tflite").exists()
 
 
+def test_child_failures_become_export_errors():
+    """export/child.run_child, which both children (converter, LiteRT) run under: a child's ExportError as
+    itself, a SIGKILL with the caller's hint, another status with the stderr tail, a timeout."""
+    import sys
+
+    from mvd_jax.export.child import run_child
+
+    def child(code):
+        return [sys.executable, "-c", "import os, signal, sys, time\n" + code]
+
+    run_child(child("pass"), "ok", timeout_s=60)
+    with pytest.raises(ExportError) as e:
+        run_child(child("from mvd_jax.export import ExportError; from mvd_jax.export.child import report_error\n"
+                        "sys.exit(report_error(ExportError('two\\nlines')))"), "x", timeout_s=60)
+    assert str(e.value) == "two\nlines"
+    with pytest.raises(ExportError, match="^conv was killed by SIGKILL — out of memory"):
+        run_child(child("os.kill(os.getpid(), signal.SIGKILL)"), "conv", timeout_s=60, killed_hint=" — out of memory")
+    with pytest.raises(ExportError, match="^lite exited with status 3\n  last words$"):
+        run_child(child("print('last words', file=sys.stderr); sys.exit(3)"), "lite", timeout_s=60)
+    with pytest.raises(ExportError, match="^slow did not finish within 1 s$"):
+        run_child(child("time.sleep(30)"), "slow", timeout_s=1)
+
+
 def test_prepare_unet_prunes_what_learned_gates_drop():
     gated_config = dataclasses.replace(UNET_CONFIG, pruned_temporal_blocks=(), temporal_gating="sampled")
     tensors = random_tensors(expected_parameters(gated_config), 3)

@@ -31,8 +31,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +41,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mvd_jax.export import ExportError
+from mvd_jax.export.child import report_error, run_child
+
 if TYPE_CHECKING:  # the converter's child process (python -m mvd_jax.export.tflite) need not import JAX
     from mvd_jax.export.functions import ExportFunction
 from mvd_jax.export.verify import Report, install_verified, install_verified_chain, partial_path
@@ -234,26 +234,9 @@ def convert_in_child(f: ExportFunction, precision: str, graph, out_path, *, buff
         write_representative(f, Path(graph))
     cmd = [sys.executable, "-m", "mvd_jax.export.tflite", str(graph), precision, str(out_path), f.name]
     cmd += ["--buffer-offsets"] if buffer_offsets else []
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        raise ExportError(f"{f.name} {precision}: the converter did not finish within {timeout_s:.0f} s") from None
-    if proc.returncode != 0:
-        rc = proc.returncode
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        if rc < 0:
-            why = signal.Signals(-rc).name + (" — out of memory? (export/README.md: memory to convert; "
-                                              "--unet-parts cuts the UNet into smaller graphs)"
-                                              if -rc == signal.SIGKILL else "")
-            raise ExportError(f"{f.name} {precision}: the converter process was killed by {why}"
-                              + "".join("\n  " + t for t in lines[-5:]))
-        if lines and lines[-1].startswith(CHILD_ERROR):  # an ExportError in the child: its message as it is
-            raise ExportError(lines[-1][len(CHILD_ERROR):].replace("\\n", "\n"))
-        raise ExportError(f"{f.name} {precision}: the converter process exited with status {rc}"
-                          + "".join("\n  " + t for t in lines[-8:]))
-
-
-CHILD_ERROR = "mvd_jax.export.tflite error: "
+    run_child(cmd, f"{f.name} {precision}: the converter process", timeout_s=timeout_s,
+              killed_hint=" — out of memory? (export/README.md: memory to convert; --unet-parts cuts the UNet "
+                          "into smaller graphs)")
 
 
 def name_io_tensors(model: bytes) -> bytes:
@@ -366,8 +349,7 @@ def _child_main(argv) -> int:
     try:
         model = convert_saved_model(graph, precision, buffer_offsets="--buffer-offsets" in flags, name=name)
     except ExportError as e:
-        print(CHILD_ERROR + str(e).replace("\n", "\\n"), file=sys.stderr)
-        return 1
+        return report_error(e)
     Path(out).write_bytes(model)
     return 0
 

@@ -30,8 +30,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from mvd_jax.export import ExportError
+from mvd_jax.export.child import run_child
 
 TOLERANCES = {"fp32": 1e-4, "fp16": 5e-3, "int8": 1e-1}
 CUSTOM = "custom:"
@@ -141,15 +140,7 @@ def run_litert_sets(model_path, input_sets: list[dict], *, timeout_s: float = 36
             np.savez(src, **inputs)
             paths += [str(src), str(dst)]
         cmd = [sys.executable, "-m", "mvd_jax.export.verify", *models, "--", *paths]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise ExportError(f"LiteRT did not finish {label} within {timeout_s:.0f} s") from None
-        if proc.returncode != 0:
-            rc = proc.returncode
-            how = f"was killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with status {rc}"
-            tail = [line for line in proc.stderr.splitlines() if line.strip()][-8:]
-            raise ExportError(f"LiteRT {how} running {label}" + "".join("\n  " + t for t in tail))
+        run_child(cmd, f"LiteRT running {label}", timeout_s=timeout_s)
         outputs = []
         for dst in paths[1::2]:
             with np.load(dst) as out:
