@@ -430,18 +430,14 @@ def main(argv=None) -> int:
     status = 1 if failed else 0
 
     if args.ai_hub_device and not failed:
-        from mvd_jax.export.ai_hub import HubUnavailable, run_on_device
+        from mvd_jax.export.ai_hub import HubUnavailable, run_chain_on_device
 
         device_results = []
         for r in reports:
-            if r.parts:
-                print(f"AI Hub: {r.component} {r.precision} is a chain of {len(r.parts)} graphs, and this command runs "
-                      "single graphs there; submit the parts in order, wired as report.json's chain says",
-                      file=sys.stderr)
-                status = 3
-                continue
+            paths = [part["path"] for part in r.parts] if r.parts else [r.path]
             try:
-                result = run_on_device(r.path, functions[r.component], r.precision, args.ai_hub_device, seed=args.seed)
+                result = run_chain_on_device(paths, functions[r.component], r.precision, args.ai_hub_device,
+                                             seed=args.seed)
             except HubUnavailable as e:
                 print(f"{str(e).splitlines()[0]} — the local export in {out} stands", file=sys.stderr)
                 status = 3

@@ -396,16 +396,36 @@ def test_the_chained_unet_composes_to_the_one_graph_function():
     assert not [r for r in refs if r() is not None]
 
 
-def test_the_unet_as_a_chain_equals_its_one_graph_export(run_dir, exported, tmp_path):
+def test_the_unet_as_a_chain_equals_its_one_graph_export(run_dir, exported, tmp_path, monkeypatch):
     """`--unet-parts 3` through the command line: installed part files only, the chain verified end to end on
     random and real inputs, report.json's wiring, and LiteRT's chain equal to the single-graph model of the
-    same run on fresh inputs (part 3 reads skips that part 1 made: they pass part 2 by)."""
-    status, stdout, stderr = _export(["--run", str(run_dir), "--out", str(tmp_path), "--components", "unet",
-                                      "--precision", "fp32", "--unet-parts", "3"])
+    same run on fresh inputs (part 3 reads skips that part 1 made: they pass part 2 by). With
+    `--ai-hub-device` (the stand-in hub below, which runs each job with LiteRT): one profiled job per part, in
+    order, each part fed the outputs the "phone" returned for the earlier ones, compared with JAX at the end."""
+    hub = FakeHub()
+    (tmp_path / "client.ini").write_text("[api]\n")
+    monkeypatch.setattr(ai_hub, "_import_hub", lambda: hub)
+    monkeypatch.setattr(ai_hub, "credentials_path", lambda: tmp_path / "client.ini")
+    out = tmp_path / "out"
+    status, stdout, stderr = _export(["--run", str(run_dir), "--out", str(out), "--components", "unet",
+                                      "--precision", "fp32", "--unet-parts", "3",
+                                      "--ai-hub-device", "Samsung Galaxy S24"])
     assert status == 0, stderr
     names = [f"unet_step_part{k}of3_fp32.tflite" for k in (1, 2, 3)]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names + ["report.json"])
-    report = json.loads((tmp_path / "report.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == sorted(names + ["report.json"])
+    report = json.loads((out / "report.json").read_text())
+    [device] = report["ai_hub"]
+    assert [c[0] for c in hub.calls] == ["upload_model", "submit_inference_job"] * 3
+    assert [c[1] for c in hub.calls[::2]] == [str(out / n) for n in names]
+    assert [c[2] for c in hub.calls[1::2]] == [[t for t, _ in verify.io_names(out / n)[0]] for n in names]
+    # part 1 returns one tensor under two names (the last down block's output is also the top skip): each
+    # signature name is listed, so the next parts find both
+    outputs = [sig for _, sig in verify.io_names(out / names[0])[1]]
+    assert sorted(outputs) == sorted(set(outputs)) == sorted(report["components"]["unet_step"]["chain"][0]["outputs"])
+    assert [p["name"] for p in device["parts"]] == [n.removesuffix(".tflite") for n in names]
+    assert device["rel_l2"]["x0"] <= 1e-4 and device["latency_ms"] == pytest.approx(3 * 12.345)
+    assert device["compute_units"] == {"NPU": 21, "GPU": 0, "CPU": 3}
+    assert "3 graphs in a row" in stdout
     [m] = report["models"]
     assert m["error"] is None and max(m["rel_l2"].values()) <= 1e-4 and max(m["rel_l2_real"].values()) <= 1e-4
     assert [Path(p["path"]).name for p in m["parts"]] == names
@@ -416,7 +436,7 @@ def test_the_unet_as_a_chain_equals_its_one_graph_export(run_dir, exported, tmp_
     assert chain[-1]["outputs"] == ["x0"] and "noise" in [i["name"] for i in chain[-1]["inputs"]]
     x = _inputs(11)
     step_inputs = {k: x[k] for k in ("noise", "cond_latent", "image_embeds", "added_time_ids")}
-    [got] = verify.run_litert_chain([tmp_path / n for n in names], [step_inputs])
+    [got] = verify.run_litert_chain([out / n for n in names], [step_inputs])
     want = verify.run_litert(exported[1] / "unet_step_fp32.tflite", step_inputs)
     assert verify.rel_l2(got["x0"], want["x0"]) < 1e-5
     passed_by = {i["name"] for i in chain[2]["inputs"] if i["name"].startswith("skip_")} & set(chain[0]["outputs"])
@@ -424,8 +444,8 @@ def test_the_unet_as_a_chain_equals_its_one_graph_export(run_dir, exported, tmp_
     assert [b for c in chain for b in c["blocks"]] == ["down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0",
                                                       "up_blocks.1"]
     # the next export at this precision, chained or not, first removes this one's files
-    tflite.remove_stale(tmp_path, "unet_step", "fp32")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+    tflite.remove_stale(out, "unet_step", "fp32")
+    assert sorted(p.name for p in out.iterdir()) == ["report.json"]
 
 
 def test_the_converter_in_a_child_process(tmp_path):

@@ -9,6 +9,11 @@ run as it is. One job does both halves of the work:
         job.download_output_data()                             {output name: [array]} → relative L2 vs JAX
         job.download_profile()                                 latency (µs) and the compute unit per layer
 
+A UNet exported as a chain of graphs (unet_chain.py; MobileVD's and SVD's full-size UNets) runs as one such
+job per part, in order (`run_chain_on_device`): each part's dataset is made of the step's inputs and the
+outputs the phone returned for the earlier parts, so the comparison with JAX covers the phone's arithmetic
+through the whole chain; the step's latency is the sum of the parts'.
+
 qai-hub 0.56 deprecates `submit_profile_job`: it now returns an InferenceJob with random inputs, which is the
 same job as `submit_inference_job(…, profile=True)` without the outputs; this module uses the latter.
 
@@ -49,14 +54,16 @@ class DeviceResult:
     rel_l2: dict  # output name → relative L2 of the phone's output vs JAX
     latency_ms: float | None
     compute_units: dict  # "NPU"/"GPU"/"CPU" → number of layers placed there
-    job_url: str = ""
+    job_url: str = ""  # a chain: its parts' job URLs, space-separated
+    parts: list = dataclasses.field(default_factory=list)  # a chain: per part {name, latency_ms, compute_units, job_url}
 
     def line(self) -> str:
         units = ", ".join(f"{k} {v}" for k, v in self.compute_units.items() if v) or "no layer detail"
         latency = f"{self.latency_ms:.2f} ms" if self.latency_ms is not None else "latency n/a"
         err = max(self.rel_l2.values(), default=float("nan"))
-        return (f"{self.component} {self.precision} on {self.device}: {latency}; layers by compute unit: {units}; "
-                f"rel L2 vs JAX {err:.2e}  {self.job_url}")
+        chain = f" ({len(self.parts)} graphs in a row)" if self.parts else ""
+        return (f"{self.component} {self.precision}{chain} on {self.device}: {latency}; layers by compute unit: "
+                f"{units}; rel L2 vs JAX {err:.2e}  {self.job_url}")
 
 
 def _import_hub():
@@ -93,18 +100,60 @@ def run_on_device(model_path, f: ExportFunction, precision: str, device_name: st
     `hub` is the qai_hub module (default) or an object with the same functions (tests). Raises
     HubUnavailable without credentials or network, ExportError when the job fails.
     """
+    return run_chain_on_device([model_path], f, precision, device_name, hub=hub, seed=seed, timeout_s=timeout_s)
+
+
+def run_chain_on_device(part_paths, f: ExportFunction, precision: str, device_name: str, *, hub=None,
+                        seed: int = 0, timeout_s: int | None = None) -> DeviceResult:
+    """`run_on_device` for a UNet exported as a chain of graphs (unet_chain.py): one profiled inference job
+    per part, in order, each fed by name from `f`'s inputs and the earlier parts' outputs as the phone
+    computed them (so the phone's rounding carries through the chain, as it would in the app); the last
+    part's outputs are compared with `f` (the single-graph JAX function). The step's latency is the sum of
+    the parts' (the phone runs them one after another); `parts` lists each part's own."""
     if hub is None:
         hub = _import_hub()
         if not credentials_path().is_file():
             raise HubUnavailable(f"AI Hub: no credentials ({credentials_path()} not found; run "
                                  "`qai-hub configure --api_token TOKEN`)")
     inputs_by_name = f.sample_inputs(seed)
-    tensor_inputs, tensor_outputs = io_names(model_path)  # [(tensor name, signature name)] in model order
-    dataset = {tensor: [inputs_by_name[sig]] for tensor, sig in tensor_inputs}
-    name = Path(model_path).stem
+    tensors = dict(inputs_by_name)
+    parts, urls = [], []
+    for k, path in enumerate(part_paths):
+        tensor_inputs, tensor_outputs = io_names(path)  # [(tensor name, signature name)] in model order
+        missing = [sig for _, sig in tensor_inputs if sig not in tensors]
+        if missing:
+            raise ExportError(f"{Path(path).name} reads {missing}, which neither the inputs nor an earlier part make")
+        # AI Hub matches a dataset to the model's inputs by order: the flatbuffer's
+        dataset = {tensor: [tensors[sig]] for tensor, sig in tensor_inputs}
+        outputs, profile, url = _inference_job(hub, path, dataset, device_name, timeout_s)
+        got = {sig: np.asarray(outputs[tensor][0]) for tensor, sig in tensor_outputs if tensor in outputs}
+        if len(got) < len(tensor_outputs):
+            raise ExportError(f"AI Hub job for {Path(path).stem} returned {sorted(outputs)}, not the outputs "
+                              f"{sorted(t for t, _ in tensor_outputs)}")
+        tensors.update(got)
+        latency, units = _profile_summary(profile)
+        parts.append(dict(name=Path(path).stem, latency_ms=latency, compute_units=units, job_url=url))
+        urls.append(url)
+    missing = sorted(set(f.outputs) - set(tensors))
+    if missing:
+        raise ExportError(f"the chain's last part did not make the outputs {missing}")
+    want = f.reference(inputs_by_name)
+    latencies = [p["latency_ms"] for p in parts]
+    total_units = collections.Counter()
+    for p in parts:
+        total_units.update(p["compute_units"])
+    return DeviceResult(f.name, precision, device_name, {k: rel_l2(tensors[k], want[k]) for k in f.outputs},
+                        sum(latencies) if None not in latencies else None,
+                        {u: total_units.get(u, 0) for u in ("NPU", "GPU", "CPU")} | dict(total_units),
+                        " ".join(u for u in urls if u), parts if len(parts) > 1 else [])
+
+
+def _inference_job(hub, path, dataset: dict, device_name: str, timeout_s) -> tuple[dict, dict, str]:
+    """Uploads `path` and runs one profiled inference job: (outputs {tensor: [array]}, profile, job URL)."""
+    name = Path(path).stem
     try:
         device = hub.Device(device_name)
-        model = hub.upload_model(str(model_path), name=name)
+        model = hub.upload_model(str(path), name=name)
         job = hub.submit_inference_job(model=model, device=device, inputs=dataset, name=name, profile=True)
         status = job.wait(timeout=timeout_s)
         if not status.success:
@@ -118,16 +167,13 @@ def run_on_device(model_path, f: ExportFunction, precision: str, device_name: st
         raise HubUnavailable(f"AI Hub: {type(e).__name__}: {_first_line(e)}") from None
     if not outputs:
         raise ExportError(f"AI Hub job for {name} returned no output data")
-    want = f.reference(inputs_by_name)
-    got = {sig: np.asarray(outputs[tensor][0]) for tensor, sig in tensor_outputs if tensor in outputs}
-    missing = sorted(set(f.outputs) - set(got))
-    if missing:
-        raise ExportError(f"AI Hub job for {name} returned {sorted(outputs)}, not the outputs {missing}")
-    summary = (profile or {}).get("execution_summary", {})
-    latency = summary.get("estimated_inference_time")
-    units = collections.Counter(layer.get("compute_unit", "?") for layer in (profile or {}).get("execution_detail", []))
-    return DeviceResult(f.name, precision, device_name, {k: rel_l2(got[k], want[k]) for k in f.outputs},
-                        latency / 1000.0 if isinstance(latency, (int, float)) else None,
-                        {u: units.get(u, 0) for u in ("NPU", "GPU", "CPU")} | {u: n for u, n in units.items()
-                                                                                if u not in ("NPU", "GPU", "CPU")},
-                        getattr(job, "url", ""))
+    return outputs, profile or {}, getattr(job, "url", "")
+
+
+def _profile_summary(profile: dict) -> tuple[float | None, dict]:
+    """(estimated latency in ms or None, {compute unit: number of layers}) of an AI Hub profile."""
+    latency = profile.get("execution_summary", {}).get("estimated_inference_time")  # µs
+    units = collections.Counter(layer.get("compute_unit", "?") for layer in profile.get("execution_detail", []))
+    return (latency / 1000.0 if isinstance(latency, (int, float)) else None,
+            {u: units.get(u, 0) for u in ("NPU", "GPU", "CPU")} | {u: n for u, n in units.items()
+                                                                 if u not in ("NPU", "GPU", "CPU")})

@@ -78,22 +78,24 @@ def io_names(model) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
 
     buf = Path(model).read_bytes() if isinstance(model, (str, os.PathLike)) else model
     m = schema.Model.GetRootAsModel(buf, 0)
-    sig_name = {}
-    sg_index = 0
+    sig_names = collections.defaultdict(list)  # tensor index → its signature names (a chain's part can
+    sg_index = 0                               # return one tensor under two names: hidden_1 and skip_3)
     if m.SignatureDefsLength():
         sig = m.SignatureDefs(0)
         sg_index = sig.SubgraphIndex()
         for i in range(sig.InputsLength()):
-            sig_name[sig.Inputs(i).TensorIndex()] = sig.Inputs(i).Name().decode()
+            sig_names[sig.Inputs(i).TensorIndex()].append(sig.Inputs(i).Name().decode())
         for i in range(sig.OutputsLength()):
-            sig_name[sig.Outputs(i).TensorIndex()] = sig.Outputs(i).Name().decode()
+            sig_names[sig.Outputs(i).TensorIndex()].append(sig.Outputs(i).Name().decode())
     sg = m.Subgraphs(sg_index)
 
     def named(indices):
-        out = []
+        out, seen = [], collections.Counter()
         for t in indices:
             tensor = sg.Tensors(t).Name().decode()
-            out.append((tensor, sig_name.get(t, tensor)))
+            names = sig_names.get(t) or [tensor]
+            out.append((tensor, names[min(seen[t], len(names) - 1)]))
+            seen[t] += 1
         return out
 
     return (named(sg.Inputs(i) for i in range(sg.InputsLength())),
