@@ -118,7 +118,7 @@ def run_chain_on_device(part_paths, f: ExportFunction, precision: str, device_na
     inputs_by_name = f.sample_inputs(seed)
     tensors = dict(inputs_by_name)
     parts, urls = [], []
-    for k, path in enumerate(part_paths):
+    for path in part_paths:
         tensor_inputs, tensor_outputs = io_names(path)  # [(tensor name, signature name)] in model order
         missing = [sig for _, sig in tensor_inputs if sig not in tensors]
         if missing:
