@@ -273,18 +273,13 @@ def export_component(f: ExportFunction, precision: str, out_dir, *, graph=None, 
     remove_stale(out_dir, f.name, precision)
     partial = partial_path(final)
     report = Report(f.name, precision, num_params=f.num_params)
-    in_child = f.num_params > CHILD_PARAMS if in_child is None else in_child
     try:
         t0 = time.perf_counter()
         try:
             if converter is not None:
                 partial.write_bytes(converter(f, precision))
-            elif in_child:
-                if graph is None:
-                    raise ValueError("a conversion in a child process reads the graph save_graph wrote: pass graph=")
-                convert_in_child(f, precision, graph, partial)
             else:
-                partial.write_bytes(convert(f, precision, graph=graph))
+                _convert_into(partial, f, precision, graph, in_child)
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
@@ -313,10 +308,7 @@ def export_chain(chain, precision: str, out_dir, *, graphs, tolerance: float | N
         try:
             for part, graph, final in zip(chain.parts, graphs, finals):
                 t1 = time.perf_counter()
-                if part.num_params > CHILD_PARAMS if in_child is None else in_child:
-                    convert_in_child(part, precision, graph, partial_path(final))
-                else:
-                    partial_path(final).write_bytes(convert(part, precision, graph=graph))
+                _convert_into(partial_path(final), part, precision, graph, in_child)
                 if progress:
                     progress(f"{part.name} {precision}: converted in {time.perf_counter() - t1:.1f} s "
                              f"({part.num_params / 1e6:.1f} M parameters, "
@@ -333,6 +325,17 @@ def export_chain(chain, precision: str, out_dir, *, graphs, tolerance: float | N
         report.error = str(e)
         e.report = report
         raise
+
+
+def _convert_into(partial: Path, f: ExportFunction, precision: str, graph, in_child: bool | None) -> None:
+    """Converts `f` into the file `partial`: in a child process (`in_child`; default: above CHILD_PARAMS
+    parameters), which reads `graph`, or in this process."""
+    if f.num_params > CHILD_PARAMS if in_child is None else in_child:
+        if graph is None:
+            raise ValueError("a conversion in a child process reads the graph save_graph wrote: pass graph=")
+        convert_in_child(f, precision, graph, partial)
+    else:
+        partial.write_bytes(convert(f, precision, graph=graph))
 
 
 def remove_stale(out_dir: Path, name: str, precision: str) -> None:
