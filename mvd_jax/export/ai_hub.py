@@ -55,7 +55,8 @@ class DeviceResult:
     latency_ms: float | None
     compute_units: dict  # "NPU"/"GPU"/"CPU" → number of layers placed there
     job_url: str = ""  # a chain: its parts' job URLs, space-separated
-    parts: list = dataclasses.field(default_factory=list)  # a chain: per part {name, latency_ms, compute_units, job_url}
+    # a chain: per part {name, latency_ms, compute_units, job_url}
+    parts: list = dataclasses.field(default_factory=list)
 
     def line(self) -> str:
         units = ", ".join(f"{k} {v}" for k, v in self.compute_units.items() if v) or "no layer detail"

@@ -147,7 +147,7 @@ def _split(module, keep: Callable[[str], bool] | None = None):
     copy = attention_kernel.set_form(nnx.merge(graphdef, state), attention_kernel.XLA)  # same arrays, not copied
     graphdef, state = nnx.split(copy)
     with_paths, treedef = jax.tree_util.tree_flatten_with_path(state)
-    kept = [keep is None or keep(_dotted(path)) for path, _ in with_paths]
+    kept = [keep is None or keep(dotted_name(path)) for path, _ in with_paths]
     params = [np.asarray(leaf, np.float32) for (_, leaf), k in zip(with_paths, kept) if k]
     placeholder = np.zeros((), np.float32)
 
@@ -169,7 +169,7 @@ def _to_device_arrays(module) -> None:
             node.set_value(jnp.asarray(node.get_value()))
 
 
-def _dotted(path) -> str:
+def dotted_name(path) -> str:
     """A pytree path of an nnx state as the dotted parameter name ("conv_in.kernel")."""
     keys = [getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path]
     return ".".join(str(k) for k in keys if k != "value")

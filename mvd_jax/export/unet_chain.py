@@ -28,8 +28,8 @@ import numpy as np
 
 from mvd_jax.diffusion import edm
 from mvd_jax.errors import UserError
-from mvd_jax.export.functions import (ExportFunction, Input, _split, one_step_constants, one_step_inputs,
-                                      one_step_output, unet_step)
+from mvd_jax.export.functions import (ExportFunction, Input, _split, dotted_name, one_step_constants,
+                                      one_step_inputs, one_step_output, unet_step)
 
 # The largest graph the exporter converts in one piece by default: the converter's process peaks near 0.6 GB +
 # 23 bytes per parameter (bench/export_memory.py, export/README.md), ≈ 10 GB here, so an export fits a 16 GB
@@ -46,7 +46,7 @@ def step_params(unet) -> dict[str, int]:
     counts = dict.fromkeys(unet.step_names, 0)
     first, last = unet.step_names[0], unet.step_names[-1]
     for path, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(unet, nnx.Param))[0]:
-        name = ".".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path[:2])
+        name = ".".join(dotted_name(path).split(".")[:2])
         top = name.split(".")[0]
         step = name if name in counts else top if top in counts else first if top in BEGIN_PARAMS else \
             last if top in FINISH_PARAMS else None
